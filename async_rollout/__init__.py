@@ -1,0 +1,47 @@
+"""async-rollout: reinforcement-learning rollouts on one event loop.
+
+Environments and policies are wrapped in async adapters and many episodes are
+interleaved concurrently, so envs that wait on I/O overlap instead of queueing.
+"""
+
+from ._env import AsyncEnv as AsyncEnv
+from ._env import AsyncEnvWrapper as AsyncEnvWrapper
+from ._env import env_factory as env_factory
+from ._env import wrap_env as wrap_env
+from ._policy import AsyncPolicy as AsyncPolicy
+from ._policy import EpisodeContext as EpisodeContext
+from ._policy import RandomPolicy as RandomPolicy
+from ._policy import wrap_policy as wrap_policy
+from ._results import EpisodeResult as EpisodeResult
+from ._results import RolloutResult as RolloutResult
+from ._runner import RolloutRunner as RolloutRunner
+from ._sinks import Sink as Sink
+from ._version import __version__ as __version__
+from .errors import ConfigError as ConfigError
+from .errors import EnvError as EnvError
+from .errors import PolicyError as PolicyError
+from .errors import RemoteEnvError as RemoteEnvError
+from .errors import RolloutError as RolloutError
+from .errors import RolloutTimeout as RolloutTimeout
+
+__all__ = [
+    "AsyncEnv",
+    "AsyncEnvWrapper",
+    "AsyncPolicy",
+    "ConfigError",
+    "EnvError",
+    "EpisodeContext",
+    "EpisodeResult",
+    "PolicyError",
+    "RandomPolicy",
+    "RemoteEnvError",
+    "RolloutError",
+    "RolloutResult",
+    "RolloutRunner",
+    "RolloutTimeout",
+    "Sink",
+    "__version__",
+    "env_factory",
+    "wrap_env",
+    "wrap_policy",
+]

@@ -1,0 +1,514 @@
+"""The interaction loop: workers that each own one env and play episodes concurrently."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+
+from ._env import AsyncEnv
+from ._policy import AsyncPolicy, EpisodeContext, hook
+from ._results import EpisodeResult, Trajectory
+from ._sinks import SinkSet
+from ._types import OnEnvError, Outcome
+from .errors import RolloutError, RolloutTimeout, TimeoutPhase
+
+logger = logging.getLogger("async_rollout")
+
+#: How long the loop may run without yielding to the event loop, in seconds.
+YIELD_BUDGET_S = 0.005
+#: How long a graceful env close may take before the env is abandoned.
+CLOSE_TIMEOUT_S = 5.0
+#: Factory failures in a row that stop the run.
+MAX_FACTORY_FAILURES = 5
+
+_clock = time.perf_counter
+
+
+@dataclass(slots=True)
+class LoopSettings:
+    """How episodes are played; fixed for one run."""
+
+    deterministic: bool = False
+    max_episode_steps: int = 0
+    render: bool = False
+    record_trajectory: bool = False
+    after_reset: Callable[[], Any] | None = None
+    reset_timeout: float | None = None
+    step_timeout: float | None = None
+    policy_timeout: float | None = None
+    episode_timeout: float | None = None
+    on_env_error: OnEnvError = "raise"
+    max_retries: int = 2
+    retry_backoff_s: float = 0.05
+
+
+class _Yielder:
+    """Makes the loop yield to the event loop at least every ``YIELD_BUDGET_S``.
+
+    Envs and policies that never suspend would otherwise keep the loop to
+    themselves. The budget is shared by all workers: the worker that finds it
+    spent yields and marks it spent, so every other worker yields at its next
+    check too; the first one to resume after the event loop went round
+    refreshes it. One round of the event loop then does one budget's worth of
+    work, however many workers there are.
+    """
+
+    __slots__ = ("deadline", "generation")
+
+    def __init__(self) -> None:
+        self.deadline = _clock() + YIELD_BUDGET_S
+        self.generation = 0
+
+    async def yield_now(self) -> None:
+        self.deadline = -math.inf
+        generation = self.generation
+        await anyio.lowlevel.checkpoint()
+        if self.generation == generation:
+            self.generation += 1
+            self.deadline = _clock() + YIELD_BUDGET_S
+
+
+class _Failure(Exception):
+    """An episode failed: carries the outcome and the original exception."""
+
+    def __init__(self, outcome: Outcome, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.outcome = outcome
+        self.exc = exc
+
+
+class _Recorder:
+    """Collects an episode's steps for its :class:`Trajectory`."""
+
+    __slots__ = ("actions", "infos", "observations", "rewards", "terminated", "truncated")
+
+    def __init__(self, obs: Any, info: dict[str, Any]) -> None:
+        self.observations: list[Any] = [obs]
+        self.infos: list[dict[str, Any]] = [info]
+        self.actions: list[Any] = []
+        self.rewards: list[float] = []
+        self.terminated: list[bool] = []
+        self.truncated: list[bool] = []
+
+    def add(
+        self,
+        action: Any,
+        obs: Any,
+        reward: Any,
+        terminated: bool,
+        truncated: bool,
+        info: dict[str, Any],
+    ) -> None:
+        self.actions.append(action)
+        self.observations.append(obs)
+        self.rewards.append(float(reward))
+        self.terminated.append(bool(terminated))
+        self.truncated.append(bool(truncated))
+        self.infos.append(info)
+
+    def trajectory(self) -> Trajectory:
+        return Trajectory(
+            observations=self.observations,
+            actions=self.actions,
+            rewards=np.asarray(self.rewards, dtype=np.float64),
+            terminated=np.asarray(self.terminated, dtype=np.bool_),
+            truncated=np.asarray(self.truncated, dtype=np.bool_),
+            infos=self.infos,
+        )
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What an episode accumulated; kept up to date on every exit path."""
+
+    total_reward: float = 0.0
+    length: int = 0
+    terminated: bool = False
+    truncated: bool = False
+    env_time_s: float = 0.0
+    policy_time_s: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    recorder: _Recorder | None = None
+
+
+def _metrics(info: dict[str, Any]) -> dict[str, float]:
+    raw = info.get("metrics") if isinstance(info, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _timeout(
+    phase: TimeoutPhase, limit: float, ctx: EpisodeContext, step: int | None = None
+) -> RolloutTimeout:
+    where = f"step {step}" if phase == "step" else phase if phase != "episode" else "the episode"
+    if phase == "policy":
+        where = f"the policy at step {step}"
+    return RolloutTimeout(
+        f"episode {ctx.index} (env_seed={ctx.env_seed}): {where} exceeded {phase}_timeout={limit}s",
+        phase=phase,
+        limit=limit,
+        step=step,
+        episode_index=ctx.index,
+        env_seed=ctx.env_seed,
+        agent_seed=ctx.agent_seed,
+    )
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class PolicyCaller:
+    """Calls a policy's ``compute_action`` with the keywords it accepts (decided once)."""
+
+    __slots__ = ("compute", "on_end", "on_start", "wants")
+
+    def __init__(self, policy: AsyncPolicy) -> None:
+        from ._policy import _keywords
+
+        self.compute = policy.compute_action
+        keywords = _keywords(self.compute)
+        self.wants = tuple(k for k in ("info", "episode") if k in keywords)
+        self.on_start = hook(policy, "on_episode_start")
+        self.on_end = hook(policy, "on_episode_end")
+
+
+async def play(
+    env: AsyncEnv,
+    obs: Any,
+    policy: PolicyCaller,
+    ctx: EpisodeContext,
+    rng: np.random.Generator,
+    settings: LoopSettings,
+    tally: _Tally,
+    sinks: SinkSet | None,
+    yielder: _Yielder,
+) -> None:
+    """Play from an already reset env until the episode ends; results go into ``tally``.
+
+    Raises:
+        _Failure: The env or the policy raised, or a deadline fired.
+    """
+    deterministic = settings.deterministic
+    max_steps = settings.max_episode_steps
+    step_timeout, policy_timeout = settings.step_timeout, settings.policy_timeout
+    compute, wants = policy.compute, policy.wants
+    step = env.step
+    render = env.render if settings.render else None  # type: ignore[attr-defined]
+    on_step = sinks if sinks is not None and sinks.has_step_hooks else None
+    recorder = tally.recorder
+    info = tally.info
+    total = 0.0
+    length = 0
+    env_time = policy_time = 0.0
+    terminated = truncated = False
+    try:
+        while True:
+            t0 = _clock()
+            try:
+                if policy_timeout is None:
+                    if wants:
+                        extra = {"info": info, "episode": ctx}
+                        action = await compute(
+                            obs,
+                            deterministic=deterministic,
+                            rng=rng,
+                            **{k: extra[k] for k in wants},
+                        )
+                    else:
+                        action = await compute(obs, deterministic=deterministic, rng=rng)
+                else:
+                    with anyio.move_on_after(policy_timeout) as scope:
+                        extra = {"info": info, "episode": ctx}
+                        action = await compute(
+                            obs,
+                            deterministic=deterministic,
+                            rng=rng,
+                            **{k: extra[k] for k in wants},
+                        )
+                    if scope.cancelled_caught:
+                        raise _Failure("timeout", _timeout("policy", policy_timeout, ctx, length))
+            except Exception as exc:
+                if isinstance(exc, _Failure):
+                    raise
+                raise _Failure("policy_error", exc) from exc
+            t1 = _clock()
+            policy_time += t1 - t0
+            try:
+                if step_timeout is None:
+                    obs, reward, terminated, truncated, info = await step(action)
+                else:
+                    with anyio.move_on_after(step_timeout) as scope:
+                        obs, reward, terminated, truncated, info = await step(action)
+                    if scope.cancelled_caught:
+                        raise _Failure("timeout", _timeout("step", step_timeout, ctx, length))
+            except Exception as exc:
+                if isinstance(exc, _Failure):
+                    raise
+                raise _Failure("env_error", exc) from exc
+            t2 = _clock()
+            env_time += t2 - t1
+            total += reward  # type: ignore[operator]
+            length += 1
+            ctx.step = length
+            if max_steps and length >= max_steps and not terminated:
+                truncated = True
+            if recorder is not None:
+                recorder.add(action, obs, reward, terminated, truncated, info)
+            if on_step is not None:
+                await on_step.call("on_step", ctx, action, obs, reward, terminated, truncated, info)
+            if render is not None:
+                await _maybe_await(render())
+            if terminated or truncated:
+                break
+            if t2 > yielder.deadline:
+                await yielder.yield_now()
+    finally:
+        tally.total_reward = float(total)
+        tally.length = length
+        tally.terminated = bool(terminated)
+        tally.truncated = bool(truncated)
+        tally.env_time_s += env_time
+        tally.policy_time_s = policy_time
+        tally.info = info
+
+
+@dataclass(slots=True)
+class _Episode:
+    index: int
+    env_seed: int | None
+    agent_seed: int | None
+
+
+@dataclass
+class LoopState:
+    """One run of the loop: the work queue, the results, the first fatal error."""
+
+    make_env: Callable[[int], AsyncEnv]
+    policy: PolicyCaller
+    settings: LoopSettings
+    sinks: SinkSet | None
+    episodes: Iterator[_Episode]
+    on_result: Callable[[EpisodeResult], Awaitable[None]]
+    owns_envs: bool = True
+    spare_env: AsyncEnv | None = None
+    error: BaseException | None = None
+    factory_failures: int = 0
+    yielder: _Yielder = field(default_factory=_Yielder)
+    scope: anyio.CancelScope | None = None
+    results: list[EpisodeResult] = field(default_factory=list)
+
+
+def _result(
+    ep: _Episode,
+    tally: _Tally,
+    started: float,
+    outcome: Outcome = "completed",
+    error: str | None = None,
+) -> EpisodeResult:
+    return EpisodeResult(
+        index=ep.index,
+        env_seed=ep.env_seed,
+        agent_seed=ep.agent_seed,
+        total_reward=tally.total_reward,
+        length=tally.length,
+        terminated=tally.terminated,
+        truncated=tally.truncated,
+        outcome=outcome,
+        error=error,
+        wall_time_s=_clock() - started,
+        env_time_s=tally.env_time_s,
+        policy_time_s=tally.policy_time_s,
+        metrics=_metrics(tally.info),
+        trajectory=tally.recorder.trajectory() if tally.recorder is not None else None,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"``, the text kept in :attr:`EpisodeResult.error`."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def run_episode_on(
+    env: AsyncEnv, ep: _Episode, state: LoopState
+) -> tuple[EpisodeResult, BaseException | None]:
+    """Reset ``env`` with the episode's seed and play it; return its result and failure.
+
+    A cancellation records the episode as ``"cancelled"`` and propagates.
+    """
+    settings = state.settings
+    ctx = EpisodeContext(ep.index, ep.env_seed, ep.agent_seed)
+    rng = np.random.default_rng(ep.agent_seed)
+    tally = _Tally()
+    started = _clock()
+    try:
+        with anyio.CancelScope() as episode_scope:
+            if settings.episode_timeout is not None:
+                episode_scope.deadline = anyio.current_time() + settings.episode_timeout
+            try:
+                if settings.reset_timeout is None:
+                    obs, info = await env.reset(seed=ep.env_seed)
+                else:
+                    with anyio.move_on_after(settings.reset_timeout) as scope:
+                        obs, info = await env.reset(seed=ep.env_seed)
+                    if scope.cancelled_caught:
+                        raise _Failure("timeout", _timeout("reset", settings.reset_timeout, ctx))
+            except Exception as exc:
+                if isinstance(exc, _Failure):
+                    raise
+                raise _Failure("env_error", exc) from exc
+            tally.env_time_s = _clock() - started
+            tally.info = info
+            if settings.record_trajectory:
+                tally.recorder = _Recorder(obs, info)
+            if settings.after_reset is not None:
+                await _maybe_await(settings.after_reset())
+            if state.policy.on_start is not None:
+                await _maybe_await(state.policy.on_start(ctx))
+            if state.sinks is not None:
+                await state.sinks.call("on_episode_start", ctx)
+            await play(
+                env, obs, state.policy, ctx, rng, settings, tally, state.sinks, state.yielder
+            )
+        if episode_scope.cancelled_caught:
+            assert settings.episode_timeout is not None
+            raise _Failure("timeout", _timeout("episode", settings.episode_timeout, ctx))
+    except _Failure as failure:
+        exc = failure.exc
+        exc.add_note(
+            f"in episode {ep.index} (env_seed={ep.env_seed}, agent_seed={ep.agent_seed}) "
+            f"at step {tally.length}"
+        )
+        result = _result(ep, tally, started, failure.outcome, describe(exc))
+        await _end_hook(state, ctx, result)
+        return result, exc
+    except anyio.get_cancelled_exc_class():
+        result = _result(ep, tally, started, "cancelled", "cancelled")
+        with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            await _end_hook(state, ctx, result)
+            await state.on_result(result)
+        raise
+    result = _result(ep, tally, started)
+    await _end_hook(state, ctx, result)
+    return result, None
+
+
+async def _end_hook(state: LoopState, ctx: EpisodeContext, result: EpisodeResult) -> None:
+    if state.policy.on_end is not None:
+        await _maybe_await(state.policy.on_end(ctx, result))
+
+
+async def close_env(env: AsyncEnv) -> None:
+    """Close ``env`` under a shielded deadline; log and abandon it when that fails."""
+    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as scope:
+        try:
+            await env.close()
+        except Exception:
+            logger.warning("closing %r failed", env, exc_info=True)
+    if scope.cancelled_caught:
+        logger.warning("closing %r took over %ss; abandoned", env, CLOSE_TIMEOUT_S)
+
+
+async def _new_env(state: LoopState, worker: int) -> AsyncEnv:
+    if state.spare_env is not None:
+        env, state.spare_env = state.spare_env, None
+        return env
+    while True:
+        try:
+            env = state.make_env(worker)
+        except Exception as exc:
+            state.factory_failures += 1
+            logger.warning("worker %d: the env factory failed: %s", worker, describe(exc))
+            if state.factory_failures >= MAX_FACTORY_FAILURES:
+                raise RolloutError(
+                    f"the env factory failed {state.factory_failures} times in a row; "
+                    f"last error: {describe(exc)}"
+                ) from exc
+            await anyio.sleep(state.settings.retry_backoff_s)
+            continue
+        state.factory_failures = 0
+        return env
+
+
+def _fail(state: LoopState, exc: BaseException) -> None:
+    if state.error is None:
+        state.error = exc
+    assert state.scope is not None
+    state.scope.cancel()
+
+
+async def worker(state: LoopState, index: int) -> None:
+    """Take episodes from the shared queue until it is empty; own one env at a time."""
+    settings = state.settings
+    env: AsyncEnv | None = None
+    try:
+        for ep in state.episodes:
+            attempt = 0
+            while True:
+                if env is None:
+                    try:
+                        env = await _new_env(state, index)
+                    except RolloutError as exc:
+                        _fail(state, exc)
+                        return
+                result, failure = await run_episode_on(env, ep, state)
+                if failure is None:
+                    break
+                if settings.on_env_error == "raise":
+                    await state.on_result(result)
+                    _fail(state, failure)
+                    return
+                logger.warning("episode %d failed: %s", ep.index, result.error)
+                if result.outcome != "policy_error" and state.owns_envs:
+                    # The env may be broken or stuck: replace it.
+                    await close_env(env)
+                    env = None
+                if settings.on_env_error == "retry" and attempt < settings.max_retries:
+                    attempt += 1
+                    logger.info("retrying episode %d (attempt %d)", ep.index, attempt + 1)
+                    await anyio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                break
+            await state.on_result(result)
+    finally:
+        if env is not None and state.owns_envs:
+            await close_env(env)
+
+
+async def run_workers(state: LoopState, concurrency: int) -> None:
+    """Run ``concurrency`` workers in one task group until every episode has a result.
+
+    Raises:
+        BaseException: The first episode failure under ``on_env_error="raise"``,
+            unwrapped (never an ExceptionGroup).
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            state.scope = tg.cancel_scope
+            for k in range(concurrency):
+                tg.start_soon(worker, state, k)
+    finally:
+        if state.spare_env is not None and state.owns_envs:
+            await close_env(state.spare_env)
+            state.spare_env = None
+    if state.error is not None:
+        raise state.error
