@@ -28,8 +28,15 @@ class AsyncEnv(Protocol):
     :func:`is_async_env` or :func:`wrap_env` to tell them apart.
     """
 
-    observation_space: gym.Space[Any]
-    action_space: gym.Space[Any]
+    @property
+    def observation_space(self) -> gym.Space[Any]:
+        """The space observations belong to."""
+        ...
+
+    @property
+    def action_space(self) -> gym.Space[Any]:
+        """The space actions belong to."""
+        ...
 
     async def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

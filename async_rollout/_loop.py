@@ -393,14 +393,14 @@ async def run_episode_on(
             assert settings.episode_timeout is not None
             raise _Failure("timeout", _timeout("episode", settings.episode_timeout, ctx))
     except _Failure as failure:
-        exc = failure.exc
-        exc.add_note(
+        error = failure.exc
+        error.add_note(
             f"in episode {ep.index} (env_seed={ep.env_seed}, agent_seed={ep.agent_seed}) "
             f"at step {tally.length}"
         )
-        result = _result(ep, tally, started, failure.outcome, describe(exc))
+        result = _result(ep, tally, started, failure.outcome, describe(error))
         await _end_hook(state, ctx, result)
-        return result, exc
+        return result, error
     except anyio.get_cancelled_exc_class():
         result = _result(ep, tally, started, "cancelled", "cancelled")
         with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
@@ -429,7 +429,8 @@ async def close_env(env: AsyncEnv) -> None:
 
 
 async def _new_env(state: LoopState, worker: int) -> AsyncEnv:
-    if state.spare_env is not None:
+    if worker == 0 and state.spare_env is not None:
+        # Made by worker 0's index to read the spaces: reuse it rather than make another.
         env, state.spare_env = state.spare_env, None
         return env
     while True:

@@ -70,9 +70,7 @@ def _keywords(fn: Callable[..., Any]) -> frozenset[str]:
 
 def _is_async_policy(obj: object) -> bool:
     method = getattr(obj, "compute_action", None)
-    return inspect.iscoroutinefunction(method) and {"deterministic", "rng"} <= _keywords(
-        method  # type: ignore[arg-type]
-    )
+    return inspect.iscoroutinefunction(method) and {"deterministic", "rng"} <= _keywords(method)
 
 
 class _AdaptedPolicy:
@@ -140,7 +138,7 @@ def _box_sampler(space: spaces.Box) -> Sampler:
     low, high, shape, dtype = space.low, space.high, space.shape, space.dtype
     if np.issubdtype(dtype, np.integer):
         # Integer boxes are bounded by their dtype at worst; the upper bound is inclusive.
-        info = np.iinfo(dtype)
+        info = np.iinfo(dtype.type)  # type: ignore[type-var]
         lo = np.where(np.isfinite(low), low, info.min).astype(np.int64)
         hi = np.where(np.isfinite(high), high, info.max).astype(np.int64)
         return lambda rng: rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 
 
@@ -24,4 +26,4 @@ def episode_seeds(base_seed: int, indices: range) -> tuple[list[int], list[int]]
 
 def fresh_base_seed() -> int:
     """Draw a base seed from the OS's entropy (for ``seed=None``)."""
-    return int(np.random.SeedSequence().entropy % (2**63))
+    return secrets.randbits(63)

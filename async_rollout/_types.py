@@ -11,7 +11,7 @@ Backend = Literal["local", "ray"]
 Outcome = Literal["completed", "env_error", "policy_error", "timeout", "cancelled"]
 
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
-FAILED_OUTCOMES: frozenset[str] = frozenset({"env_error", "policy_error", "timeout"})
+FAILED_OUTCOMES: frozenset[Outcome] = frozenset({"env_error", "policy_error", "timeout"})
 
 #: Anything :func:`async_rollout.env_factory` turns into a factory: a callable,
 #: a gymnasium id, or a ``_target_`` mapping.
