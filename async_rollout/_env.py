@@ -414,9 +414,12 @@ def env_factory(
     limit = check_max_episode_steps(max_episode_steps)
     resolved = _resolve_wrappers(wrappers)
     if isinstance(spec, EnvFactory):
-        if not resolved and offload == spec.offload and not limit:
+        if not resolved and not limit:
             return spec
-        raise ValueError("env_factory: pass the original spec, not an EnvFactory, to change it")
+        raise ValueError(
+            "env_factory: cannot add wrappers or a step limit to an EnvFactory; "
+            "pass the original spec instead"
+        )
     if offload == "process":
         from .remote._process import process_env_maker
 

@@ -461,3 +461,13 @@ async def test_worker_index_reaches_factory() -> None:
 
     await RolloutRunner(10, concurrency=3).run_with(make)
     assert sorted(indices) == [0, 1, 2]
+
+
+async def test_stream_consumer_error_reaches_caller_unwrapped() -> None:
+    tracker = EnvTracker()
+    runner = RolloutRunner(50, concurrency=3)
+    with pytest.raises(LookupError, match="consumer"):
+        async with runner.stream(scripted(tracker=tracker)) as episodes:
+            async for _ in episodes:
+                raise LookupError("consumer gave up")
+    assert not tracker.open
