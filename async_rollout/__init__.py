@@ -4,10 +4,12 @@ Environments and policies are wrapped in async adapters and many episodes are
 interleaved concurrently, so envs that wait on I/O overlap instead of queueing.
 """
 
+from ._config import load_config as load_config
 from ._env import AsyncEnv as AsyncEnv
 from ._env import AsyncEnvWrapper as AsyncEnvWrapper
 from ._env import env_factory as env_factory
 from ._env import wrap_env as wrap_env
+from ._instantiate import instantiate as instantiate
 from ._policy import AsyncPolicy as AsyncPolicy
 from ._policy import EpisodeContext as EpisodeContext
 from ._policy import RandomPolicy as RandomPolicy
@@ -42,6 +44,8 @@ __all__ = [
     "Sink",
     "__version__",
     "env_factory",
+    "instantiate",
+    "load_config",
     "wrap_env",
     "wrap_policy",
 ]

@@ -10,7 +10,9 @@ from typing import Any, Protocol, SupportsFloat, runtime_checkable
 import anyio
 import anyio.to_thread
 import gymnasium as gym
+from omegaconf import DictConfig
 
+from ._instantiate import accepts_keyword, instantiate, locate
 from ._types import EnvSpec, Offload, WrapperSpec, check_choice, to_container
 from .errors import ConfigError
 
@@ -249,19 +251,6 @@ class _StepLimit(AsyncEnvWrapper):
         return obs, reward, terminated, truncated, info
 
 
-def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """True when ``fn`` has a parameter called ``name`` (not merely ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    param = params.get(name)
-    return param is not None and param.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
-
-
 def check_max_episode_steps(value: int | None, name: str = "max_episode_steps") -> int:
     """Validate a step limit and return it as an int, 0 meaning none."""
     if value is None:
@@ -289,8 +278,6 @@ def _wrapper_kind(fn: Callable[..., Any]) -> str:
 def _resolve_wrappers(wrappers: Iterable[WrapperSpec] | Mapping[Any, Any] | None) -> list[_Wrapper]:
     def target(value: Any, where: str) -> Callable[..., Any]:
         if isinstance(value, str):
-            from ._config import locate
-
             value = locate(value)
         fn = value
         if not callable(fn):
@@ -361,8 +348,16 @@ class EnvFactory:
         self.max_episode_steps = max_episode_steps
         self.description = description
         self.spec = spec
+        self._spare: AsyncEnv | None = None
+
+    def keep_for_first_worker(self, env: AsyncEnv) -> None:
+        """Hand ``env`` (made early, say to read its spaces) to the next call for worker 0."""
+        self._spare = env
 
     def __call__(self, worker_index: int = 0) -> AsyncEnv:
+        if worker_index == 0 and self._spare is not None:
+            spare, self._spare = self._spare, None
+            return spare
         env = self._make(worker_index)
         for fn, kwargs, kind in self._wrappers:
             is_async = is_async_env(env)
@@ -440,14 +435,12 @@ def _maker(spec: Any) -> Callable[[int], Any]:
     """Return ``make(worker_index) -> env`` for a spec (worker_index passed where accepted)."""
     if isinstance(spec, str):
         return lambda _: gym.make(spec)
-    spec = to_container(spec)
-    if isinstance(spec, Mapping):
-        from ._config import instantiate, locate
-
+    if isinstance(spec, Mapping | DictConfig):
+        # A DictConfig is instantiated as it is, so that errors name its keys from the root.
         if "_target_" not in spec:
             raise TypeError(f"an env config mapping needs a _target_ key; got keys {list(spec)}")
         target = spec["_target_"]
-        fn = locate(target) if isinstance(target, str) else target
+        fn = locate(target) if isinstance(target, str) and target != "???" else target
         if callable(fn) and accepts_keyword(fn, "worker_index"):
             return lambda k: instantiate(spec, worker_index=k)
         return lambda _: instantiate(spec)

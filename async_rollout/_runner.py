@@ -18,12 +18,12 @@ import numpy as np
 from ._env import (
     AsyncEnv,
     EnvFactory,
-    accepts_keyword,
     check_max_episode_steps,
     env_factory,
     is_async_env,
     wrap_env,
 )
+from ._from_config import init_env_and_agent, make_agent, make_runner
 from ._loop import (
     LoopSettings,
     LoopState,
@@ -36,11 +36,12 @@ from ._loop import (
     play,
     run_workers,
 )
-from ._policy import AsyncPolicy, EpisodeContext, RandomPolicy, wrap_policy
+from ._policy import AsyncPolicy, EpisodeContext, wrap_policy
 from ._results import EpisodeResult, RolloutResult
 from ._seeding import derive_seed, fresh_base_seed
 from ._sinks import RunInfo, Sink, SinkSet, StatsSink
 from ._types import Backend, OnEnvError, WrapperSpec, check_choice, to_container
+from .errors import ConfigError
 
 __all__ = ["RolloutRunner"]
 
@@ -91,44 +92,11 @@ async def _first_env_and_policy(
     """Make worker 0's env (it tells a policy config the spaces) and the policy."""
     env = make(0)
     try:
-        return env, PolicyCaller(_build_agent(agent, env))
+        return env, PolicyCaller(make_agent(agent, env))
     except BaseException:
         if owns_env:
             await close_env(env)
         raise
-
-
-def _build_agent(agent: Any, env: AsyncEnv) -> AsyncPolicy:
-    """Make the policy: None means random; a ``_target_`` mapping gets the env's spaces."""
-    if agent is None:
-        return RandomPolicy(env.action_space)
-    agent = to_container(agent)
-    if isinstance(agent, Mapping):
-        return wrap_policy(build_policy(agent, env.observation_space, env.action_space))
-    return wrap_policy(agent)
-
-
-def build_policy(
-    config: Mapping[str, Any],
-    observation_space: gym.Space[Any],
-    action_space: gym.Space[Any],
-    **kwargs: Any,
-) -> Any:
-    """Instantiate a policy config, passing the spaces where its ``_target_`` accepts them.
-
-    Keys the config sets itself win over the spaces and ``kwargs``.
-    """
-    from ._config import instantiate, locate
-
-    target = config.get("_target_")
-    fn = locate(target) if isinstance(target, str) else target
-    offered = {"observation_space": observation_space, "action_space": action_space, **kwargs}
-    extra = {
-        k: v
-        for k, v in offered.items()
-        if k not in config and fn is not None and accepts_keyword(fn, k)
-    }
-    return instantiate(config, **extra)
 
 
 class RolloutRunner:
@@ -395,6 +363,52 @@ class RolloutRunner:
             with anyio.move_on_after(5.0, shield=True):
                 await sinks.call("on_run_end", result)
         return result
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RolloutRunner:
+        """A runner with a composed config's settings (``runner``, ``seeding``, ``output_dir``).
+
+        Raises:
+            ConfigError: A setting is invalid; the message names its key.
+        """
+        runner = make_runner(cls, cfg)
+        runner.setup(cfg)
+        return runner
+
+    def setup(self, cfg: Any) -> None:
+        """Keep the config (its ``env``, ``wrappers``, ``agent``, ``input_dir``) for :meth:`run`."""
+        missing = [key for key in ("env", "agent") if key not in cfg]
+        if missing:
+            raise ConfigError(f"the config has no {missing[0]!r} section", key=missing[0])
+        self._cfg = cfg
+
+    async def run(self, cfg: Any = None) -> RolloutResult:
+        """Run the rollout a config describes (``cfg``, or the one given to :meth:`setup`).
+
+        The resolved config goes to the sinks (and into ``stats.json``).
+        """
+        if cfg is not None:
+            self.setup(cfg)
+        cfg = getattr(self, "_cfg", None)
+        if cfg is None:
+            raise RuntimeError("run() needs a config: pass one, or call setup(cfg) first")
+        factory, agent = await self.init_env_and_agent(
+            cfg.get("env"), cfg.get("wrappers"), None, cfg.get("agent"), cfg.get("input_dir")
+        )
+        return await self._run(factory, (), agent, (), config=to_container(cfg))
+
+    @staticmethod
+    async def init_env_and_agent(
+        env_config: Any,
+        wrappers_config: Any,
+        max_episode_steps: int | None,
+        agent_config: Any,
+        input_dir: str | None,
+    ) -> tuple[EnvFactory, AsyncPolicy]:
+        """Build ``(env_factory, agent)`` from configs (see :func:`init_env_and_agent`)."""
+        return await init_env_and_agent(
+            env_config, wrappers_config, max_episode_steps, agent_config, input_dir
+        )
 
     @classmethod
     async def run_interaction_loop(
