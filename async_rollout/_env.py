@@ -444,7 +444,8 @@ def _maker(spec: Any) -> Callable[[int], Any]:
         if callable(fn) and accepts_keyword(fn, "worker_index"):
             return lambda k: instantiate(spec, worker_index=k)
         return lambda _: instantiate(spec)
-    if callable(spec) and not is_async_env(spec) and not isinstance(spec, gym.Env):
+    is_instance = isinstance(spec, gym.Env) or (not isinstance(spec, type) and is_async_env(spec))
+    if callable(spec) and not is_instance:
         if accepts_keyword(spec, "worker_index"):
             return lambda k: spec(worker_index=k)
         return lambda _: spec()

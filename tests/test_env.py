@@ -102,6 +102,13 @@ async def test_env_factory_from_gym_id_and_callable() -> None:
         await b.close()
 
 
+async def test_env_factory_from_async_env_class() -> None:
+    env = env_factory(ScriptedEnv)()
+    assert isinstance(env, ScriptedEnv)
+    result = await RolloutRunner(3, concurrency=2).run_with(ScriptedEnv)
+    assert result.summary["n_episodes"] == 3
+
+
 async def test_env_factory_from_target_mapping() -> None:
     factory = env_factory({"_target_": "async_rollout.testing.ScriptedEnv", "episode_length": 3})
     env = factory()
