@@ -4,6 +4,7 @@ Environments and policies are wrapped in async adapters and many episodes are
 interleaved concurrently, so envs that wait on I/O overlap instead of queueing.
 """
 
+from ._batching import BatchedPolicy as BatchedPolicy
 from ._config import load_config as load_config
 from ._env import AsyncEnv as AsyncEnv
 from ._env import AsyncEnvWrapper as AsyncEnvWrapper
@@ -30,6 +31,7 @@ __all__ = [
     "AsyncEnv",
     "AsyncEnvWrapper",
     "AsyncPolicy",
+    "BatchedPolicy",
     "ConfigError",
     "EnvError",
     "EpisodeContext",

@@ -52,8 +52,8 @@ class BatchingStatistics:
     """What a :class:`BatchedPolicy` has done so far.
 
     Latency percentiles cover the most recent 4,096 samples (requests for the
-    queue latency, batches for the call latency); they are 0.0 before the first
-    batch.
+    queue latency, batches for the call latency), measured in wall time
+    (``time.perf_counter``); they are 0.0 before the first batch.
     """
 
     n_batches: int
@@ -215,7 +215,8 @@ class BatchedPolicy:
     returns one action per row: an array with a leading batch axis, a list, a
     dict of such batches (for Dict action spaces) or a tuple of them (for
     Tuple action spaces; a tuple is split per element, not read as rows).
-    Caller ``i`` gets row ``i``.
+    Caller ``i`` gets row ``i`` (for an array, a view into it: return a fresh
+    array from each call rather than reusing an output buffer).
 
     When ``batch_fn`` computes each row from that row's observation and
     generator alone, batched and unbatched runs give the same actions, so the
@@ -225,11 +226,12 @@ class BatchedPolicy:
 
     Failures and cancellation:
 
-    - An exception from ``batch_fn`` (or from stacking the observations, or a
-      result of the wrong size, as :class:`~async_rollout.PolicyError`) is
-      raised in every caller of that batch: the original in the caller that
-      ran the batch, a copy of the same type with the same notes and traceback
-      in the others (the original when it cannot be copied).
+    - An exception from ``batch_fn`` or from stacking the observations, and
+      a :class:`~async_rollout.PolicyError` for a result of the wrong size,
+      is raised in every caller of that batch, with a note naming the batch:
+      the original in the caller that ran the batch, a copy of the same type
+      with the same notes and traceback in the others (the original when it
+      cannot be copied), so a note one caller adds stays its own.
     - A caller cancelled before its batch starts withdraws its row: the batch
       goes without it and its generator is not used. If it was the batch's
       leader, another caller takes over and the batch keeps its deadline.
@@ -252,10 +254,13 @@ class BatchedPolicy:
             its start (>= 0).
         offload_thread: Run a sync ``batch_fn`` in a worker thread instead of
             on the event loop, for batch functions that release the GIL
-            (numpy on large arrays, torch, a C extension) or block.
+            (numpy on large arrays, torch, a C extension) or block. The loop
+            keeps gathering the next batch meanwhile, and a batch filling up
+            then runs at once in another thread: ``batch_fn`` must be
+            thread-safe, or serialize itself with a lock.
 
     Raises:
-        TypeError: ``batch_fn`` is not callable.
+        TypeError: ``batch_fn`` is not callable, or ``max_batch_size`` not an int.
         ValueError: A limit is out of range, or ``offload_thread=True`` with an
             async ``batch_fn``.
     """
@@ -460,8 +465,8 @@ class BatchedPolicy:
             batch.actions = actions
         except Exception as exc:
             exc.add_note(
-                f"raised by BatchedPolicy's batch_fn {self._batch_fn!r} on a batch of {n} "
-                f"observations (deterministic={batch.deterministic})"
+                f"while BatchedPolicy served a batch of {n} observations "
+                f"(deterministic={batch.deterministic}) with batch_fn {self._batch_fn!r}"
             )
             batch.error = exc
             batch.error_tb = exc.__traceback__
