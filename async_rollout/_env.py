@@ -12,7 +12,7 @@ import anyio.to_thread
 import gymnasium as gym
 from omegaconf import DictConfig
 
-from ._instantiate import accepts_keyword, instantiate, locate
+from ._instantiate import accepts_keyword, instantiate, locate, target_of
 from ._types import EnvSpec, Offload, WrapperSpec, check_choice, to_container
 from .errors import ConfigError
 
@@ -437,11 +437,8 @@ def _maker(spec: Any) -> Callable[[int], Any]:
         return lambda _: gym.make(spec)
     if isinstance(spec, Mapping | DictConfig):
         # A DictConfig is instantiated as it is, so that errors name its keys from the root.
-        if "_target_" not in spec:
-            raise TypeError(f"an env config mapping needs a _target_ key; got keys {list(spec)}")
-        target = spec["_target_"]
-        fn = locate(target) if isinstance(target, str) and target != "???" else target
-        if callable(fn) and accepts_keyword(fn, "worker_index"):
+        fn = target_of(spec)
+        if accepts_keyword(fn, "worker_index"):
             return lambda k: instantiate(spec, worker_index=k)
         return lambda _: instantiate(spec)
     is_instance = isinstance(spec, gym.Env) or (not isinstance(spec, type) and is_async_env(spec))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from ._env import AsyncEnv, EnvFactory, env_factory
-from ._instantiate import accepts_keyword, instantiate, locate
+from ._instantiate import accepts_keyword, instantiate, target_of
 from ._policy import AsyncPolicy, RandomPolicy, wrap_policy
 from ._types import to_container
 from .errors import ConfigError
@@ -77,13 +77,12 @@ def build_policy(
     A value the config sets itself wins; a ``_target_`` that does not name a
     parameter does not get it.
     """
-    target = config.get("_target_")
-    fn = locate(target) if isinstance(target, str) and target != "???" else target
+    fn = target_of(config)
     offered = {"observation_space": observation_space, "action_space": action_space, **offered}
     extra = {
         k: v
         for k, v in offered.items()
-        if k not in config and callable(fn) and accepts_keyword(fn, k)
+        if k not in config and accepts_keyword(fn, k)
     }
     return wrap_policy(instantiate(config, **extra))
 

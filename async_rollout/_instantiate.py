@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-__all__ = ["accepts_keyword", "instantiate", "locate"]
+__all__ = ["accepts_keyword", "instantiate", "locate", "target_of"]
 
 _TARGET = "_target_"
 _MISSING = "???"
@@ -124,6 +124,24 @@ def instantiate(cfg: Mapping[str, Any] | DictConfig, /, **kwargs: Any) -> Any:
     if isinstance(cfg, Mapping):
         return _build(cfg, "", kwargs)
     raise TypeError(f"instantiate expects a mapping with a '_target_' key, got {cfg!r}")
+
+
+def target_of(cfg: Mapping[str, Any] | DictConfig) -> Any:
+    """The callable a config's ``_target_`` names, without building it.
+
+    Raises:
+        ConfigError: ``_target_`` is missing, unset (``???``) or not importable;
+            ``.key`` names it from the config's root (``env._target_``).
+    """
+    prefix = _node_path(cfg) if isinstance(cfg, DictConfig) else ""
+    key = _join(prefix, _TARGET)
+    if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, _TARGET):
+        target: Any = _MISSING
+    elif _TARGET in cfg:
+        target = cfg[_TARGET]
+    else:
+        raise ConfigError(f"{key} is missing: expected a dotted path to a callable", key=key)
+    return _resolve_target(target, key)
 
 
 def _build(cfg: Mapping[str, Any], key: str, extra: Mapping[str, Any]) -> Any:

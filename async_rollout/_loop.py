@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from ._policy import AsyncPolicy, EpisodeContext, hook
 from ._results import EpisodeResult, Trajectory
 from ._sinks import SinkSet
 from ._types import OnEnvError, Outcome
-from .errors import RolloutError, RolloutTimeout, TimeoutPhase
+from ._validate import Validator
+from .errors import EnvError, RolloutError, RolloutTimeout, TimeoutPhase
 
 logger = logging.getLogger("async_rollout")
 
@@ -42,6 +44,7 @@ class LoopSettings:
     render: bool = False
     record_trajectory: bool = False
     after_reset: Callable[[], Any] | None = None
+    validate: bool = False
     reset_timeout: float | None = None
     step_timeout: float | None = None
     policy_timeout: float | None = None
@@ -84,6 +87,11 @@ class _Failure(Exception):
         super().__init__(str(exc))
         self.outcome = outcome
         self.exc = exc
+
+    @classmethod
+    def of(cls, outcome: Outcome, exc: Exception) -> _Failure:
+        """``exc`` as a failure with ``outcome``, unless it is one already."""
+        return exc if isinstance(exc, _Failure) else cls(outcome, exc)
 
 
 class _Recorder:
@@ -191,6 +199,23 @@ class PolicyCaller:
         self.on_end = hook(policy, "on_episode_end")
 
 
+_REALS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32, bool, np.bool_})
+
+
+def _bad_step(out: Any, ctx: EpisodeContext, step: int) -> EnvError:
+    if not isinstance(out, tuple) or len(out) != 5:
+        got = f"a tuple of {len(out)} items" if isinstance(out, tuple) else type(out).__name__
+        what = f"env.step returned {got}; expected (obs, reward, terminated, truncated, info)"
+    else:
+        what = f"env.step returned the reward {out[1]!r}; expected a real number"
+    return EnvError(
+        f"episode {ctx.index} (env_seed={ctx.env_seed}), step {step}: {what}",
+        episode_index=ctx.index,
+        env_seed=ctx.env_seed,
+        agent_seed=ctx.agent_seed,
+    )
+
+
 async def play(
     env: AsyncEnv,
     obs: Any,
@@ -205,7 +230,7 @@ async def play(
     """Play from an already reset env until the episode ends; results go into ``tally``.
 
     Raises:
-        _Failure: The env or the policy raised, or a deadline fired.
+        _Failure: The env or the policy raised or misbehaved, or a deadline fired.
     """
     deterministic = settings.deterministic
     max_steps = settings.max_episode_steps
@@ -213,6 +238,7 @@ async def play(
     compute, wants = policy.compute, policy.wants
     step = env.step
     render = env.render if settings.render else None  # type: ignore[attr-defined]
+    validator = Validator(env, ctx) if settings.validate else None
     on_step = sinks if sinks is not None and sinks.has_step_hooks else None
     recorder = tally.recorder
     info = tally.info
@@ -224,49 +250,50 @@ async def play(
         while True:
             t0 = _clock()
             try:
+                if wants:
+                    given = {"info": info, "episode": ctx}
+                    pending = compute(
+                        obs, deterministic=deterministic, rng=rng, **{k: given[k] for k in wants}
+                    )
+                else:
+                    pending = compute(obs, deterministic=deterministic, rng=rng)
                 if policy_timeout is None:
-                    if wants:
-                        extra = {"info": info, "episode": ctx}
-                        action = await compute(
-                            obs,
-                            deterministic=deterministic,
-                            rng=rng,
-                            **{k: extra[k] for k in wants},
-                        )
-                    else:
-                        action = await compute(obs, deterministic=deterministic, rng=rng)
+                    action = await pending
                 else:
                     with anyio.move_on_after(policy_timeout) as scope:
-                        extra = {"info": info, "episode": ctx}
-                        action = await compute(
-                            obs,
-                            deterministic=deterministic,
-                            rng=rng,
-                            **{k: extra[k] for k in wants},
-                        )
+                        action = await pending
                     if scope.cancelled_caught:
                         raise _Failure("timeout", _timeout("policy", policy_timeout, ctx, length))
+                if validator is not None:
+                    validator.action(action, length)
             except Exception as exc:
-                if isinstance(exc, _Failure):
-                    raise
-                raise _Failure("policy_error", exc) from exc
+                raise _Failure.of("policy_error", exc) from exc
             t1 = _clock()
             policy_time += t1 - t0
             try:
                 if step_timeout is None:
-                    obs, reward, terminated, truncated, info = await step(action)
+                    out = await step(action)
                 else:
                     with anyio.move_on_after(step_timeout) as scope:
-                        obs, reward, terminated, truncated, info = await step(action)
+                        out = await step(action)
                     if scope.cancelled_caught:
                         raise _Failure("timeout", _timeout("step", step_timeout, ctx, length))
+                if render is not None:
+                    await _maybe_await(render())
             except Exception as exc:
-                if isinstance(exc, _Failure):
-                    raise
-                raise _Failure("env_error", exc) from exc
+                raise _Failure.of("env_error", exc) from exc
             t2 = _clock()
             env_time += t2 - t1
-            total += reward  # type: ignore[operator]
+            # Cheap checks on every step; the Validator does the thorough ones.
+            try:
+                obs, reward, terminated, truncated, info = out
+                if type(reward) not in _REALS and not isinstance(reward, numbers.Real):
+                    raise TypeError(reward)
+            except (TypeError, ValueError) as exc:
+                raise _Failure("env_error", _bad_step(out, ctx, length + 1)) from exc
+            if validator is not None:
+                validator.step(obs, terminated, truncated, info, length + 1)
+            total += reward
             length += 1
             ctx.step = length
             if max_steps and length >= max_steps and not terminated:
@@ -275,8 +302,6 @@ async def play(
                 recorder.add(action, obs, reward, terminated, truncated, info)
             if on_step is not None:
                 await on_step.call("on_step", ctx, action, obs, reward, terminated, truncated, info)
-            if render is not None:
-                await _maybe_await(render())
             if terminated or truncated:
                 break
             if t2 > yielder.deadline:
@@ -353,9 +378,12 @@ async def run_episode_on(
 ) -> tuple[EpisodeResult, BaseException | None]:
     """Reset ``env`` with the episode's seed and play it; return its result and failure.
 
-    A cancellation records the episode as ``"cancelled"`` and propagates.
+    A cancellation records the episode as ``"cancelled"`` and propagates. An
+    exception from a sink or ``after_reset`` is not the episode's failure: it
+    propagates and stops the run.
     """
     settings = state.settings
+    policy = state.policy
     ctx = EpisodeContext(ep.index, ep.env_seed, ep.agent_seed)
     rng = np.random.default_rng(ep.agent_seed)
     tally = _Tally()
@@ -364,34 +392,31 @@ async def run_episode_on(
         with anyio.CancelScope() as episode_scope:
             if settings.episode_timeout is not None:
                 episode_scope.deadline = anyio.current_time() + settings.episode_timeout
-            try:
-                if settings.reset_timeout is None:
-                    obs, info = await env.reset(seed=ep.env_seed)
-                else:
-                    with anyio.move_on_after(settings.reset_timeout) as scope:
-                        obs, info = await env.reset(seed=ep.env_seed)
-                    if scope.cancelled_caught:
-                        raise _Failure("timeout", _timeout("reset", settings.reset_timeout, ctx))
-            except Exception as exc:
-                if isinstance(exc, _Failure):
-                    raise
-                raise _Failure("env_error", exc) from exc
+            obs, info = await _reset(env, ep, settings, ctx)
             tally.env_time_s = _clock() - started
             tally.info = info
             if settings.record_trajectory:
                 tally.recorder = _Recorder(obs, info)
             if settings.after_reset is not None:
                 await _maybe_await(settings.after_reset())
-            if state.policy.on_start is not None:
-                await _maybe_await(state.policy.on_start(ctx))
+            if policy.on_start is not None:
+                try:
+                    await _maybe_await(policy.on_start(ctx))
+                except Exception as exc:
+                    raise _Failure("policy_error", exc) from exc
             if state.sinks is not None:
                 await state.sinks.call("on_episode_start", ctx)
-            await play(
-                env, obs, state.policy, ctx, rng, settings, tally, state.sinks, state.yielder
-            )
+            await play(env, obs, policy, ctx, rng, settings, tally, state.sinks, state.yielder)
         if episode_scope.cancelled_caught:
             assert settings.episode_timeout is not None
             raise _Failure("timeout", _timeout("episode", settings.episode_timeout, ctx))
+        result = _result(ep, tally, started)
+        if policy.on_end is not None:
+            try:
+                await _maybe_await(policy.on_end(ctx, result))
+            except Exception as exc:
+                raise _Failure("policy_error", exc) from exc
+        return result, None
     except _Failure as failure:
         error = failure.exc
         error.add_note(
@@ -399,22 +424,40 @@ async def run_episode_on(
             f"at step {tally.length}"
         )
         result = _result(ep, tally, started, failure.outcome, describe(error))
-        await _end_hook(state, ctx, result)
+        await _end_hook_quietly(policy, ctx, result)
         return result, error
     except anyio.get_cancelled_exc_class():
         result = _result(ep, tally, started, "cancelled", "cancelled")
         with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-            await _end_hook(state, ctx, result)
+            await _end_hook_quietly(policy, ctx, result)
             await state.on_result(result)
         raise
-    result = _result(ep, tally, started)
-    await _end_hook(state, ctx, result)
-    return result, None
 
 
-async def _end_hook(state: LoopState, ctx: EpisodeContext, result: EpisodeResult) -> None:
-    if state.policy.on_end is not None:
-        await _maybe_await(state.policy.on_end(ctx, result))
+async def _reset(
+    env: AsyncEnv, ep: _Episode, settings: LoopSettings, ctx: EpisodeContext
+) -> tuple[Any, dict[str, Any]]:
+    try:
+        if settings.reset_timeout is None:
+            return await env.reset(seed=ep.env_seed)
+        with anyio.move_on_after(settings.reset_timeout):
+            return await env.reset(seed=ep.env_seed)
+        # Only reached when the deadline cancelled the reset.
+        raise _Failure("timeout", _timeout("reset", settings.reset_timeout, ctx))
+    except Exception as exc:
+        raise _Failure.of("env_error", exc) from exc
+
+
+async def _end_hook_quietly(
+    policy: PolicyCaller, ctx: EpisodeContext, result: EpisodeResult
+) -> None:
+    """Tell the policy a failed or cancelled episode ended; its own failure is only logged."""
+    if policy.on_end is None:
+        return
+    try:
+        await _maybe_await(policy.on_end(ctx, result))
+    except Exception:
+        logger.warning("on_episode_end failed for episode %d", ctx.index, exc_info=True)
 
 
 async def close_env(env: AsyncEnv) -> None:
@@ -435,7 +478,7 @@ async def _new_env(state: LoopState, worker: int) -> AsyncEnv:
         return env
     while True:
         try:
-            env = state.make_env(worker)
+            new_env = state.make_env(worker)
         except Exception as exc:
             state.factory_failures += 1
             logger.warning("worker %d: the env factory failed: %s", worker, describe(exc))
@@ -447,7 +490,7 @@ async def _new_env(state: LoopState, worker: int) -> AsyncEnv:
             await anyio.sleep(state.settings.retry_backoff_s)
             continue
         state.factory_failures = 0
-        return env
+        return new_env
 
 
 def _fail(state: LoopState, exc: BaseException) -> None:
@@ -457,39 +500,60 @@ def _fail(state: LoopState, exc: BaseException) -> None:
     state.scope.cancel()
 
 
+async def _record_unplayed(state: LoopState, ep: _Episode) -> None:
+    result = EpisodeResult(
+        ep.index, ep.env_seed, ep.agent_seed, 0.0, 0, False, False, "cancelled", "cancelled"
+    )
+    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+        await state.on_result(result)
+
+
 async def worker(state: LoopState, index: int) -> None:
-    """Take episodes from the shared queue until it is empty; own one env at a time."""
+    """Take episodes from the shared queue until it is empty; own one env at a time.
+
+    Every episode taken from the queue gets exactly one result, whatever happens.
+    """
     settings = state.settings
     env: AsyncEnv | None = None
     try:
         for ep in state.episodes:
-            attempt = 0
-            while True:
-                if env is None:
-                    try:
+            # True once the episode's result (or its "cancelled" record) is on its way.
+            accounted = False
+            try:
+                attempt = 0
+                while True:
+                    if env is None:
                         env = await _new_env(state, index)
-                    except RolloutError as exc:
-                        _fail(state, exc)
+                    accounted = True
+                    result, failure = await run_episode_on(env, ep, state)
+                    accounted = False
+                    if failure is None:
+                        break
+                    if settings.on_env_error == "raise":
+                        accounted = True
+                        await state.on_result(result)
+                        _fail(state, failure)
                         return
-                result, failure = await run_episode_on(env, ep, state)
-                if failure is None:
+                    logger.warning("episode %d failed: %s", ep.index, result.error)
+                    if result.outcome != "policy_error" and state.owns_envs:
+                        # The env may be broken or stuck: replace it.
+                        await close_env(env)
+                        env = None
+                    if settings.on_env_error == "retry" and attempt < settings.max_retries:
+                        attempt += 1
+                        logger.info("retrying episode %d (attempt %d)", ep.index, attempt + 1)
+                        await anyio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
+                        continue
                     break
-                if settings.on_env_error == "raise":
-                    await state.on_result(result)
-                    _fail(state, failure)
-                    return
-                logger.warning("episode %d failed: %s", ep.index, result.error)
-                if result.outcome != "policy_error" and state.owns_envs:
-                    # The env may be broken or stuck: replace it.
-                    await close_env(env)
-                    env = None
-                if settings.on_env_error == "retry" and attempt < settings.max_retries:
-                    attempt += 1
-                    logger.info("retrying episode %d (attempt %d)", ep.index, attempt + 1)
-                    await anyio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
-                    continue
-                break
-            await state.on_result(result)
+                accounted = True
+                await state.on_result(result)
+            except anyio.get_cancelled_exc_class():
+                if not accounted:
+                    await _record_unplayed(state, ep)
+                raise
+    except Exception as exc:
+        # Not an episode's failure (a sink, a callback, an exhausted env factory): stop the run.
+        _fail(state, exc)
     finally:
         if env is not None and state.owns_envs:
             await close_env(env)

@@ -77,15 +77,15 @@ class EpisodeResult:
         return self.outcome in FAILED_OUTCOMES
 
 
-def _stats(prefix: str, values: Sequence[float]) -> dict[str, float | None]:
+def _stats(name: str, values: Sequence[float]) -> dict[str, float | None]:
     if not values:
-        return {f"{prefix}_{k}": None for k in ("mean", "std", "median", "min", "max")}
+        return {f"{k}_{name}": None for k in ("mean", "std", "median", "min", "max")}
     return {
-        f"{prefix}_mean": statistics.fmean(values),
-        f"{prefix}_std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        f"{prefix}_median": float(statistics.median(values)),
-        f"{prefix}_min": float(min(values)),
-        f"{prefix}_max": float(max(values)),
+        f"mean_{name}": statistics.fmean(values),
+        f"std_{name}": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        f"median_{name}": float(statistics.median(values)),
+        f"min_{name}": float(min(values)),
+        f"max_{name}": float(max(values)),
     }
 
 

@@ -130,6 +130,10 @@ class RolloutRunner:
         max_retries: Re-runs of a failed episode under ``"retry"``.
         sinks: Observers of the run (:class:`Sink`).
         backend: ``"local"``: this process's event loop.
+        validate: Check every action against the action space and every
+            observation against the observation space (shape, dtype, bounds),
+            and the step flags and info. The cheap checks — a step tuple of
+            five, a real-number reward — always run.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class RolloutRunner:
         max_retries: int = 2,
         sinks: Iterable[Sink] = (),
         backend: Backend = "local",
+        validate: bool = False,
     ) -> None:
         self.n_episodes = _check_int("n_episodes", n_episodes, 0)
         self.max_episode_steps = check_max_episode_steps(max_episode_steps)
@@ -179,6 +184,7 @@ class RolloutRunner:
                 raise TypeError(f"sinks[{i}] must be a Sink; got {type(sink).__name__}")
         check_choice("backend", backend, ("local",))
         self.backend: Backend = backend
+        self.validate = bool(validate)
         #: The latest run's result; also set after a run that raised or was cancelled.
         self.result: RolloutResult | None = None
 
@@ -199,6 +205,7 @@ class RolloutRunner:
             episode_timeout=self.episode_timeout,
             on_env_error=self.on_env_error,
             max_retries=self.max_retries,
+            validate=self.validate,
         )
 
     def _episode_seeds(self, base_seed: int | None) -> tuple[list[int], list[int]]:

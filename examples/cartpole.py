@@ -11,8 +11,8 @@ async def main() -> None:
     summary = result.summary
     print(
         f"{summary['n_episodes']} episodes, {summary['total_steps']} steps: "
-        f"return {summary['return_mean']:.1f} ± {summary['return_std']:.1f} "
-        f"(min {summary['return_min']:.0f}, max {summary['return_max']:.0f}), "
+        f"return {summary['mean_return']:.1f} ± {summary['std_return']:.1f} "
+        f"(min {summary['min_return']:.0f}, max {summary['max_return']:.0f}), "
         f"{summary['steps_per_s']:.0f} steps/s"
     )
 

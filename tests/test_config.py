@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -50,10 +51,10 @@ class Target:
 
 def test_shipped_groups() -> None:
     assert GROUPS == {
-        "agent": ["heuristic_cartpole", "linear", "random"],
+        "agent": ["batched", "heuristic_cartpole", "linear", "random"],
         "env": ["cartpole", "custom", "latency", "mountain_car", "pendulum"],
         "runner": ["default", "high_concurrency"],
-        "wrappers": ["episode_stats", "none", "time_limit"],
+        "wrappers": ["chaos", "episode_stats", "none", "time_limit"],
     }
 
 
@@ -127,12 +128,16 @@ def test_agent_options_instantiate(option: str) -> None:
 
 @pytest.mark.parametrize("option", option_params("wrappers"))
 def test_wrappers_options_instantiate(option: str) -> None:
-    env: gym.Env[Any, Any] = gym.make("CartPole-v1")
-    for entry in load_config([f"wrappers={option}"]).wrappers:
-        env = instantiate(entry, env=env)
-        assert isinstance(env, gym.Wrapper)
-    env.reset(seed=0)
-    env.close()
+    """Each wrappers option builds on the default env and the wrapped env steps."""
+    cfg = load_config([f"wrappers={option}"])
+    env = async_rollout.env_factory(cfg.env, wrappers=cfg.wrappers)()
+
+    async def episode_step() -> None:
+        await env.reset(seed=0)
+        await env.step(0)
+        await env.close()
+
+    anyio.run(episode_step)
 
 
 def test_custom_env_needs_a_target() -> None:

@@ -41,9 +41,9 @@ async def test_wrap_env_inline_and_thread() -> None:
     for offload in ("inline", "thread"):
         env = wrap_env(gym.make("CartPole-v1"), offload=offload)  # type: ignore[arg-type]
         assert isinstance(env, AsyncEnv)
-        obs, info = await env.reset(seed=1)
+        obs, _ = await env.reset(seed=1)
         assert env.observation_space.contains(obs)
-        obs, reward, terminated, truncated, info = await env.step(0)
+        obs, reward, *_ = await env.step(0)
         assert reward == 1.0
         await env.close()
         await env.close()  # closing twice is harmless
@@ -159,7 +159,7 @@ def test_unknown_wrapper_path_is_a_config_error() -> None:
 def test_env_factory_rejects_bad_specs() -> None:
     with pytest.raises(TypeError, match="expected an env spec"):
         env_factory(42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="needs a _target_ key"):
+    with pytest.raises(ConfigError, match="_target_ is missing"):
         env_factory({"id": "CartPole-v1"})
     with pytest.raises(ValueError, match="max_episode_steps must be >= 0"):
         env_factory("CartPole-v1", max_episode_steps=-1)

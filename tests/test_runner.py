@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import trio.testing
+from helpers import cartpole_heuristic, episode_key
 
 from async_rollout import (
     EpisodeContext,
@@ -20,8 +21,6 @@ from async_rollout import (
 )
 from async_rollout._seeding import derive_seed
 from async_rollout.testing import EnvTracker, ScriptedEnv
-
-from helpers import cartpole_heuristic, episode_key
 
 pytestmark = pytest.mark.anyio
 
@@ -300,6 +299,7 @@ async def test_sinks_observe_the_run() -> None:
 
 
 async def test_stream_yields_in_completion_order() -> None:
+    """Episodes arrive as they end: the short episodes of the fastest worker come first."""
     runner = RolloutRunner(6, concurrency=3)
     lengths = [9, 3, 6]
 
@@ -309,10 +309,11 @@ async def test_stream_yields_in_completion_order() -> None:
     seen = []
     async with runner.stream(make) as episodes:
         async for ep in episodes:
-            seen.append(ep.index)
-    # Worker 1 (3 steps) finishes first and takes episode 3 next.
-    assert seen[0] == 1
-    assert sorted(seen) == list(range(6))
+            seen.append((ep.index, ep.length))
+    # Worker 1's 3-step episodes end first (30 ms); worker 2's second 6-step one last (120 ms).
+    assert seen[0][1] == 3
+    assert seen[-1][1] == 6
+    assert sorted(index for index, _ in seen) == list(range(6))
     assert runner.result is not None
     assert [ep.index for ep in runner.result.episodes] == list(range(6))
 
@@ -345,12 +346,17 @@ async def test_stream_early_exit_cancels_and_closes() -> None:
     assert runner.result.summary["outcomes"]["cancelled"] >= 1
 
 
+async def _consume(runner: RolloutRunner, env: Any, fail: bool = False) -> None:
+    async with runner.stream(env) as episodes:
+        async for _ in episodes:
+            if fail:
+                raise LookupError("consumer gave up")
+
+
 async def test_stream_raises_original_error() -> None:
     runner = RolloutRunner(5, concurrency=2)
     with pytest.raises(RuntimeError, match="scripted failure"):
-        async with runner.stream(scripted(fail_at_step=2)) as episodes:
-            async for _ in episodes:
-                pass
+        await _consume(runner, scripted(fail_at_step=2))
 
 
 async def test_run_interaction_loop() -> None:
@@ -420,18 +426,18 @@ async def test_summary_without_completed_episodes() -> None:
     runner = RolloutRunner(0)
     result = await runner.run_with(scripted())
     assert result.summary["n_episodes"] == 0
-    assert result.summary["return_mean"] is None
-    assert result.summary["length_std"] is None
+    assert result.summary["mean_return"] is None
+    assert result.summary["std_length"] is None
 
 
 async def test_summary_statistics() -> None:
     result = await RolloutRunner(4, concurrency=2).run_with(scripted(episode_length=5))
     returns = result.returns
     s = result.summary
-    assert s["return_mean"] == pytest.approx(np.mean(returns))
-    assert s["return_std"] == pytest.approx(np.std(returns))
-    assert s["length_mean"] == 5
-    assert s["length_std"] == 0.0
+    assert s["mean_return"] == pytest.approx(np.mean(returns))
+    assert s["std_return"] == pytest.approx(np.std(returns))
+    assert s["mean_length"] == 5
+    assert s["std_length"] == 0.0
     assert s["total_steps"] == 20
     assert s["metrics"] == {"final_step": 5.0}
     assert s["outcomes"] == {
@@ -467,7 +473,5 @@ async def test_stream_consumer_error_reaches_caller_unwrapped() -> None:
     tracker = EnvTracker()
     runner = RolloutRunner(50, concurrency=3)
     with pytest.raises(LookupError, match="consumer"):
-        async with runner.stream(scripted(tracker=tracker)) as episodes:
-            async for _ in episodes:
-                raise LookupError("consumer gave up")
+        await _consume(runner, scripted(tracker=tracker), fail=True)
     assert not tracker.open
