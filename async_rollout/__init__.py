@@ -26,6 +26,8 @@ from .errors import PolicyError as PolicyError
 from .errors import RemoteEnvError as RemoteEnvError
 from .errors import RolloutError as RolloutError
 from .errors import RolloutTimeout as RolloutTimeout
+from .remote import RemoteEnv as RemoteEnv
+from .remote import serve_env as serve_env
 
 __all__ = [
     "AsyncEnv",
@@ -38,6 +40,7 @@ __all__ = [
     "EpisodeResult",
     "PolicyError",
     "RandomPolicy",
+    "RemoteEnv",
     "RemoteEnvError",
     "RolloutError",
     "RolloutResult",
@@ -48,6 +51,7 @@ __all__ = [
     "env_factory",
     "instantiate",
     "load_config",
+    "serve_env",
     "wrap_env",
     "wrap_policy",
 ]

@@ -16,7 +16,15 @@ from ._instantiate import accepts_keyword, instantiate, locate, target_of
 from ._types import EnvSpec, Offload, WrapperSpec, check_choice, to_container
 from .errors import ConfigError
 
-__all__ = ["AsyncEnv", "AsyncEnvWrapper", "EnvFactory", "env_factory", "is_async_env", "wrap_env"]
+__all__ = [
+    "AsyncEnv",
+    "AsyncEnvWrapper",
+    "EnvFactory",
+    "connect_if_remote",
+    "env_factory",
+    "is_async_env",
+    "wrap_env",
+]
 
 StepResult = tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]
 
@@ -60,6 +68,13 @@ def is_async_env(env: object) -> bool:
     return inspect.iscoroutinefunction(getattr(env, "step", None)) and (
         inspect.iscoroutinefunction(getattr(env, "reset", None))
     )
+
+
+async def connect_if_remote(env: object) -> None:
+    """Await ``env.connect()`` where the env has one (a remote env learns its spaces there)."""
+    connect = getattr(env, "connect", None)
+    if connect is not None and inspect.iscoroutinefunction(connect):
+        await connect()
 
 
 class AsyncEnvWrapper:

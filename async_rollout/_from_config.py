@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from ._env import AsyncEnv, EnvFactory, env_factory
+from ._env import AsyncEnv, EnvFactory, connect_if_remote, env_factory
 from ._instantiate import accepts_keyword, instantiate, target_of
 from ._policy import AsyncPolicy, RandomPolicy, wrap_policy
 from ._types import to_container
@@ -79,11 +79,7 @@ def build_policy(
     """
     fn = target_of(config)
     offered = {"observation_space": observation_space, "action_space": action_space, **offered}
-    extra = {
-        k: v
-        for k, v in offered.items()
-        if k not in config and accepts_keyword(fn, k)
-    }
+    extra = {k: v for k, v in offered.items() if k not in config and accepts_keyword(fn, k)}
     return wrap_policy(instantiate(config, **extra))
 
 
@@ -108,6 +104,7 @@ async def init_env_and_agent(
     factory = env_factory(env_config, wrappers=wrappers_config, max_episode_steps=max_episode_steps)
     env = factory(0)
     try:
+        await connect_if_remote(env)
         agent = make_agent(agent_config, env, input_dir=input_dir)
     except BaseException:
         from ._loop import close_env

@@ -293,7 +293,7 @@ async def play(
                 raise _Failure("env_error", _bad_step(out, ctx, length + 1)) from exc
             if validator is not None:
                 validator.step(obs, terminated, truncated, info, length + 1)
-            total += reward
+            total += reward  # type: ignore[operator]  # a real number, checked above
             length += 1
             ctx.step = length
             if max_steps and length >= max_steps and not terminated:
@@ -541,8 +541,11 @@ async def worker(state: LoopState, index: int) -> None:
                         env = None
                     if settings.on_env_error == "retry" and attempt < settings.max_retries:
                         attempt += 1
-                        logger.info("retrying episode %d (attempt %d)", ep.index, attempt + 1)
-                        await anyio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
+                        delay = settings.retry_backoff_s * 2 ** (attempt - 1)
+                        logger.info("retrying episode %d (re-run %d)", ep.index, attempt)
+                        if state.sinks is not None:
+                            await state.sinks.call("on_retry", result, attempt, delay)
+                        await anyio.sleep(delay)
                         continue
                     break
                 accounted = True

@@ -19,6 +19,7 @@ from ._env import (
     AsyncEnv,
     EnvFactory,
     check_max_episode_steps,
+    connect_if_remote,
     env_factory,
     is_async_env,
     wrap_env,
@@ -46,6 +47,9 @@ from .errors import ConfigError
 __all__ = ["RolloutRunner"]
 
 logger = logging.getLogger("async_rollout")
+
+#: How long the sinks' ``on_run_end`` may take (file sinks flush their queues then).
+RUN_END_TIMEOUT_S = 60.0
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -92,6 +96,7 @@ async def _first_env_and_policy(
     """Make worker 0's env (it tells a policy config the spaces) and the policy."""
     env = make(0)
     try:
+        await connect_if_remote(env)
         return env, PolicyCaller(make_agent(agent, env))
     except BaseException:
         if owns_env:
@@ -308,6 +313,25 @@ class RolloutRunner:
             base_seed = fresh_base_seed()
         env_seeds, agent_seeds = self._episode_seeds(base_seed)
         n = len(env_seeds)
+        indices = list(range(n))
+        collector = StatsSink(keep_trajectories=self.output_dir is None)
+        file_sinks: list[Sink] = []
+        if self.output_dir is not None:
+            from .recording import prepare_output_dir
+
+            out = prepare_output_dir(
+                self.output_dir,
+                resume=self.resume,
+                n_episodes=n,
+                env_seeds=env_seeds,
+                agent_seeds=agent_seeds,
+                record_trajectory=self.record_trajectory,
+                record_event_logs=self.record_event_logs,
+                config=config,
+            )
+            collector.episodes.extend(out.done)
+            indices = out.remaining
+            file_sinks = out.sinks
         concurrency = self.concurrency
         owns_envs = not _is_env_instance(env)
         if owns_envs:
@@ -325,8 +349,8 @@ class RolloutRunner:
             concurrency = 1
             instance = env_factory(lambda: env, wrappers=wrappers)()
             factory = None
-        collector = StatsSink()
-        sinks = SinkSet([collector, *self.sinks, *extra_sinks])
+        # The collector comes first: it builds runner.result even if a later sink fails.
+        sinks = SinkSet([collector, *file_sinks, *self.sinks, *extra_sinks])
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
 
@@ -344,7 +368,7 @@ class RolloutRunner:
             policy=policy,
             settings=self._settings(),
             sinks=sinks,
-            episodes=iter([_Episode(i, env_seeds[i], agent_seeds[i]) for i in range(n)]),
+            episodes=iter([_Episode(i, env_seeds[i], agent_seeds[i]) for i in indices]),
             on_result=lambda result: sinks.call("on_episode_end", result),
             owns_envs=owns_envs,
             spare_env=first_env,
@@ -354,7 +378,7 @@ class RolloutRunner:
                 "on_run_start",
                 RunInfo(
                     seed=base_seed,
-                    indices=list(range(n)),
+                    indices=indices,
                     env_seeds=env_seeds,
                     agent_seeds=agent_seeds,
                     n_episodes=n,
@@ -364,10 +388,11 @@ class RolloutRunner:
                     output_dir=self.output_dir,
                 ),
             )
-            await run_workers(state, min(concurrency, max(n, 1)))
+            await run_workers(state, min(concurrency, max(len(indices), 1)))
         finally:
             result = finish()
-            with anyio.move_on_after(5.0, shield=True):
+            # File sinks drain their write queue here: allow them time.
+            with anyio.move_on_after(RUN_END_TIMEOUT_S, shield=True):
                 await sinks.call("on_run_end", result)
         return result
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -73,19 +73,38 @@ class Sink:
         """Called when an episode has a result, whatever its outcome."""
         return None
 
+    def on_retry(
+        self, failed: EpisodeResult, attempt: int, delay_s: float
+    ) -> Awaitable[None] | None:
+        """Called under ``on_env_error="retry"`` before a failed episode is re-run.
+
+        ``failed`` is the failed attempt's result, ``attempt`` the number of
+        the coming re-run (1 for the first), ``delay_s`` the backoff before it.
+        """
+        return None
+
     def on_run_end(self, result: RolloutResult) -> Awaitable[None] | None:
         """Called once at the end of the run, also after an error or a cancellation."""
         return None
 
 
 class StatsSink(Sink):
-    """Keeps every episode result in memory and summarizes them on demand."""
+    """Keeps every episode result in memory and summarizes them on demand.
 
-    def __init__(self) -> None:
+    Args:
+        keep_trajectories: Keep each result's trajectory; without it (when
+            trajectories go to disk) the results are kept without them, so
+            memory stays flat over long runs.
+    """
+
+    def __init__(self, *, keep_trajectories: bool = True) -> None:
         self.episodes: list[EpisodeResult] = []
+        self.keep_trajectories = keep_trajectories
 
     def on_episode_end(self, result: EpisodeResult) -> None:
         """Keep ``result``."""
+        if not self.keep_trajectories and result.trajectory is not None:
+            result = replace(result, trajectory=None)
         self.episodes.append(result)
 
     def summary(self, wall_time_s: float) -> dict[str, Any]:
@@ -93,7 +112,14 @@ class StatsSink(Sink):
         return summarize(self.episodes, wall_time_s)
 
 
-_HOOKS = ("on_run_start", "on_episode_start", "on_step", "on_episode_end", "on_run_end")
+_HOOKS = (
+    "on_run_start",
+    "on_episode_start",
+    "on_step",
+    "on_episode_end",
+    "on_retry",
+    "on_run_end",
+)
 
 
 class SinkSet:

@@ -277,7 +277,6 @@ def test_linear_policy_weights_from_input_dir_reproduce_the_in_process_run(
         assert summary[key] == expected[key], key
 
 
-@pytest.mark.xfail(strict=True, reason="recording wiring pending: the runner writes no files yet")
 def test_output_dir_receives_stats_json(tmp_path: Path) -> None:
     summary = run_json(tmp_path, "runner.n_episodes=3", "output_dir=run1")
     assert summary["output_dir"] == "run1"
@@ -285,7 +284,6 @@ def test_output_dir_receives_stats_json(tmp_path: Path) -> None:
     assert stats["summary"]["n_episodes"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="recording wiring pending: the runner writes no files yet")
 def test_default_output_dir_is_dated_under_outputs(tmp_path: Path) -> None:
     summary = run_json(tmp_path, "runner.n_episodes=2")
     assert (tmp_path / summary["output_dir"] / "stats.json").is_file()
@@ -461,7 +459,6 @@ def test_sigint_closes_every_env(tmp_path: Path, user_envs: Path) -> None:
     assert "8 cancelled" in stdout
 
 
-@pytest.mark.xfail(strict=True, reason="recording wiring pending: the runner writes no files yet")
 def test_signal_leaves_what_finished_on_disk(tmp_path: Path) -> None:
     cli = _Cli(tmp_path, "env=latency", "runner.n_episodes=100000", "output_dir=run", "--json")
     code, stdout, _ = cli.stop(signal.SIGINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,9 @@ from async_rollout.policies import HeuristicCartPolePolicy, LinearPolicy
 GROUPS = list_groups()
 OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]
 
-needs_scripted_env = pytest.mark.skipif(
-    not hasattr(async_rollout.testing, "ScriptedEnv"), reason="ScriptedEnv not written yet"
-)
-needs_random_policy = pytest.mark.skipif(
-    not hasattr(async_rollout, "RandomPolicy"), reason="RandomPolicy not exported yet"
-)
-
-
-def option_params(group: str, **marks: pytest.MarkDecorator) -> list[Any]:
-    return [pytest.param(o, marks=marks.get(o, ())) for o in GROUPS[group] if o != "custom"]
+def option_params(group: str) -> list[str]:
+    """A group's options that build on their own (custom needs a _target_, remote a server)."""
+    return [o for o in GROUPS[group] if o not in ("custom", "remote")]
 
 
 class Target:
@@ -52,7 +46,7 @@ class Target:
 def test_shipped_groups() -> None:
     assert GROUPS == {
         "agent": ["batched", "heuristic_cartpole", "linear", "random"],
-        "env": ["cartpole", "custom", "latency", "mountain_car", "pendulum"],
+        "env": ["cartpole", "custom", "latency", "mountain_car", "pendulum", "remote"],
         "runner": ["default", "high_concurrency"],
         "wrappers": ["chaos", "episode_stats", "none", "time_limit"],
     }
@@ -98,7 +92,7 @@ def test_runner_options_are_runner_keywords() -> None:
     assert load_config(["runner=high_concurrency"]).runner.concurrency == 1024
 
 
-@pytest.mark.parametrize("option", option_params("env", latency=needs_scripted_env))
+@pytest.mark.parametrize("option", option_params("env"))
 def test_env_options_instantiate(option: str) -> None:
     env = instantiate(load_config([f"env={option}"]).env)
     assert isinstance(env.observation_space, gym.Space)
@@ -109,7 +103,27 @@ def test_env_options_instantiate(option: str) -> None:
         env.close()
 
 
-@pytest.mark.parametrize("option", option_params("agent", random=needs_random_policy))
+def test_remote_env_option_runs_against_a_server() -> None:
+    """env=remote env.port=... drives a served env through the config path."""
+
+    async def main() -> Any:
+        async with anyio.create_task_group() as tg:
+            address = await tg.start(
+                async_rollout.serve_env, partial(async_rollout.testing.ScriptedEnv, 5)
+            )
+            cfg = load_config(
+                ["env=remote", f"env.port={address[1]}", "runner.n_episodes=4"]
+            )
+            result = await async_rollout.RolloutRunner.from_config(cfg).run()
+            tg.cancel_scope.cancel()
+        return result
+
+    result = anyio.run(main)
+    assert result.summary["n_episodes"] == 4
+    assert result.summary["mean_length"] == 5
+
+
+@pytest.mark.parametrize("option", option_params("agent"))
 def test_agent_options_instantiate(option: str) -> None:
     env = gym.make("CartPole-v1")
     cfg = load_config([f"agent={option}"]).agent
