@@ -132,7 +132,17 @@ class RolloutResult:
     episodes: list[EpisodeResult]
     """Every episode with a result, sorted by index."""
     summary: dict[str, Any]
-    """Summary statistics: see :func:`summarize`."""
+    """Summary statistics.
+
+    ``n_episodes`` (episodes with a result, any outcome), ``n_failed``
+    (env_error + policy_error + timeout), ``outcomes`` (a count for every
+    outcome, zeros included), ``total_steps`` (every step taken),
+    ``mean_return``, ``std_return``, ``median_return``, ``min_return``,
+    ``max_return`` and the same five for ``length`` (over completed episodes;
+    ``std`` is the population deviation; None when no episode completed),
+    ``wall_time_s``, ``steps_per_s``, and ``metrics``: the mean of each number
+    the envs put in ``info["metrics"]`` at the last step of completed episodes.
+    """
 
     @classmethod
     def from_episodes(

@@ -134,11 +134,22 @@ class RolloutRunner:
             a fresh env up to ``max_retries`` times, then records it.
         max_retries: Re-runs of a failed episode under ``"retry"``.
         sinks: Observers of the run (:class:`Sink`).
-        backend: ``"local"``: this process's event loop.
+        backend: ``"local"``: this process's event loop; ``"ray"``: Ray actors,
+            ``n_workers`` of them, each with ``concurrency`` episodes in flight
+            (see :mod:`async_rollout.distributed`; asyncio only). Without Ray
+            installed, ``"ray"`` is a ConfigError here, at construction.
         validate: Check every action against the action space and every
             observation against the observation space (shape, dtype, bounds),
             and the step flags and info. The cheap checks — a step tuple of
             five, a real-number reward — always run.
+        ray_address: With ``backend="ray"`` and no Ray connection yet: None
+            starts a local cluster, ``"auto"`` joins the one on this machine,
+            ``"ray://host:10001"`` a remote one.
+        n_workers: With ``backend="ray"``: how many Ray actors; None: as many
+            as the cluster's CPUs hold, no more than the episodes need.
+        ray_actor_options: With ``backend="ray"``: Ray options of each actor
+            (``num_cpus`` (default 1), ``num_gpus``, ``runtime_env``,
+            ``max_restarts`` (default 2), ...).
     """
 
     def __init__(
@@ -164,6 +175,9 @@ class RolloutRunner:
         sinks: Iterable[Sink] = (),
         backend: Backend = "local",
         validate: bool = False,
+        ray_address: str | None = None,
+        n_workers: int | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.n_episodes = _check_int("n_episodes", n_episodes, 0)
         self.max_episode_steps = check_max_episode_steps(max_episode_steps)
@@ -187,11 +201,22 @@ class RolloutRunner:
         for i, sink in enumerate(self.sinks):
             if not isinstance(sink, Sink):
                 raise TypeError(f"sinks[{i}] must be a Sink; got {type(sink).__name__}")
-        check_choice("backend", backend, ("local",))
+        check_choice("backend", backend, ("local", "ray"))
         self.backend: Backend = backend
+        if backend == "ray":
+            from .distributed import require_ray
+
+            require_ray()
+        if ray_address is not None and not (isinstance(ray_address, str) and ray_address):
+            raise TypeError(f"ray_address must be a non-empty string or None; got {ray_address!r}")
+        self.ray_address = ray_address
+        self.n_workers = None if n_workers is None else _check_int("n_workers", n_workers, 1)
+        if ray_actor_options is not None and not isinstance(ray_actor_options, Mapping):
+            raise TypeError(f"ray_actor_options must be a mapping; got {ray_actor_options!r}")
+        self.ray_actor_options = dict(ray_actor_options or {})
         self.validate = bool(validate)
-        #: The latest run's result; also set after a run that raised or was cancelled.
         self.result: RolloutResult | None = None
+        """The latest run's result; also set after a run that raised or was cancelled."""
 
     def __repr__(self) -> str:
         return (
@@ -388,7 +413,19 @@ class RolloutRunner:
                     output_dir=self.output_dir,
                 ),
             )
-            await run_workers(state, min(concurrency, max(len(indices), 1)))
+            if self.backend == "ray":
+                from .distributed import run_on_ray
+
+                await run_on_ray(
+                    state,
+                    agent=agent,
+                    concurrency=concurrency,
+                    n_workers=self.n_workers,
+                    address=self.ray_address,
+                    actor_options=self.ray_actor_options,
+                )
+            else:
+                await run_workers(state, min(concurrency, max(len(indices), 1)))
         finally:
             result = finish()
             # File sinks drain their write queue here: allow them time.

@@ -5,6 +5,7 @@ calls :func:`prepare_output_dir` when it is given an ``output_dir``; the sinks
 it returns can also be used on their own.
 """
 
+from .._results import Trajectory as Trajectory
 from ._events import EventLogSink as EventLogSink
 from ._journal import EpisodeJournal as EpisodeJournal
 from ._run_dir import OutputDir as OutputDir
@@ -20,6 +21,7 @@ __all__ = [
     "EventLogSink",
     "OutputDir",
     "StatsFileSink",
+    "Trajectory",
     "TrajectorySink",
     "iter_trajectories",
     "load_trajectory",

@@ -33,10 +33,10 @@ __all__ = [
 
 logger = logging.getLogger("async_rollout")
 
-#: Bumped on every incompatible change; additions that old peers can ignore keep it.
 PROTOCOL_VERSION = 1
-#: Largest frame payload either side accepts unless configured otherwise.
+"""Bumped on every incompatible change; additions that old peers can ignore keep it."""
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+"""Largest frame payload either side accepts unless configured otherwise."""
 
 EXT_NDARRAY = 1
 EXT_SCALAR = 2
