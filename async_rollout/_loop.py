@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import numbers
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,29 +55,29 @@ class LoopSettings:
 
 
 class _Yielder:
-    """Makes the loop yield to the event loop at least every ``YIELD_BUDGET_S``.
+    """Makes the loop yield to the event loop at least every ``YIELD_BUDGET_S`` or so.
 
-    Envs and policies that never suspend would otherwise keep the loop to
-    themselves. The budget is shared by all workers: the worker that finds it
-    spent yields and marks it spent, so every other worker yields at its next
-    check too; the first one to resume after the event loop went round
-    refreshes it. One round of the event loop then does one budget's worth of
-    work, however many workers there are.
+    Envs and policies that never suspend would otherwise keep the event loop
+    to themselves. A ticker task counts the rounds in which the event loop got
+    to it (at most one every half budget) and pushes ``deadline`` on. A worker
+    whose step ends past the deadline yields only if no tick happened since
+    its previous such check: then the event loop has not gone round, and the
+    worker is what starves it. Envs that suspend on their own keep the ticker
+    running and never pay for a forced yield, however many run at once.
     """
 
-    __slots__ = ("deadline", "generation")
+    __slots__ = ("deadline", "ticks")
 
     def __init__(self) -> None:
         self.deadline = _clock() + YIELD_BUDGET_S
-        self.generation = 0
+        self.ticks = 0
 
-    async def yield_now(self) -> None:
-        self.deadline = -math.inf
-        generation = self.generation
-        await anyio.lowlevel.checkpoint()
-        if self.generation == generation:
-            self.generation += 1
+    async def tick(self) -> None:
+        """Count the event loop's rounds and push the deadline on (run until cancelled)."""
+        while True:
+            self.ticks += 1
             self.deadline = _clock() + YIELD_BUDGET_S
+            await anyio.sleep(YIELD_BUDGET_S / 2)
 
 
 class _Failure(Exception):
@@ -246,6 +246,7 @@ async def play(
     length = 0
     env_time = policy_time = 0.0
     terminated = truncated = False
+    ticks_seen = yielder.ticks
     try:
         while True:
             t0 = _clock()
@@ -305,7 +306,9 @@ async def play(
             if terminated or truncated:
                 break
             if t2 > yielder.deadline:
-                await yielder.yield_now()
+                if yielder.ticks == ticks_seen:
+                    await anyio.lowlevel.checkpoint()
+                ticks_seen = yielder.ticks
     finally:
         tally.total_reward = float(total)
         tally.length = length
@@ -389,9 +392,13 @@ async def run_episode_on(
     tally = _Tally()
     started = _clock()
     try:
-        with anyio.CancelScope() as episode_scope:
-            if settings.episode_timeout is not None:
-                episode_scope.deadline = anyio.current_time() + settings.episode_timeout
+        # A cancel scope costs a little on every resumption: only when a deadline needs one.
+        episode_scope = (
+            anyio.move_on_after(settings.episode_timeout)
+            if settings.episode_timeout is not None
+            else nullcontext(None)
+        )
+        with episode_scope as scope:
             obs, info = await _reset(env, ep, settings, ctx)
             tally.env_time_s = _clock() - started
             tally.info = info
@@ -407,7 +414,7 @@ async def run_episode_on(
             if state.sinks is not None:
                 await state.sinks.call("on_episode_start", ctx)
             await play(env, obs, policy, ctx, rng, settings, tally, state.sinks, state.yielder)
-        if episode_scope.cancelled_caught:
+        if scope is not None and scope.cancelled_caught:
             assert settings.episode_timeout is not None
             raise _Failure("timeout", _timeout("episode", settings.episode_timeout, ctx))
         result = _result(ep, tally, started)
@@ -572,8 +579,12 @@ async def run_workers(state: LoopState, concurrency: int) -> None:
     try:
         async with anyio.create_task_group() as tg:
             state.scope = tg.cancel_scope
-            for k in range(concurrency):
-                tg.start_soon(worker, state, k)
+            tg.start_soon(state.yielder.tick)
+            async with anyio.create_task_group() as workers:
+                for k in range(concurrency):
+                    workers.start_soon(worker, state, k)
+            # Every episode has its result: stop the ticker.
+            tg.cancel_scope.cancel()
     finally:
         if state.spare_env is not None and state.owns_envs:
             await close_env(state.spare_env)
