@@ -173,7 +173,14 @@ class _ThreadEnv:
     whose caller is cancelled is abandoned: a thread cannot be killed.
     """
 
-    __slots__ = ("_closed", "_limiter", "action_space", "env", "observation_space")
+    __slots__ = (
+        "_abandoned",
+        "_closed",
+        "_limiter",
+        "action_space",
+        "env",
+        "observation_space",
+    )
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
         self.env = env
@@ -181,11 +188,16 @@ class _ThreadEnv:
         self.action_space = env.action_space
         self._limiter: anyio.CapacityLimiter | None = None
         self._closed = False
+        self._abandoned = False
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self._abandoned = True
+            raise
 
     async def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -200,8 +212,16 @@ class _ThreadEnv:
         return result
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        if self._abandoned:
+            # An abandoned call may still hold the env's limiter (Trio keeps it until the
+            # thread returns): close from a thread of its own rather than wait behind it.
+            await anyio.to_thread.run_sync(
+                self.env.close, limiter=anyio.CapacityLimiter(1), abandon_on_cancel=True
+            )
+        else:
             await self._call(self.env.close)
 
     async def render(self) -> Any:

@@ -203,8 +203,12 @@ _REALS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32, bool
 
 
 def _bad_step(out: Any, ctx: EpisodeContext, step: int) -> EnvError:
-    if not isinstance(out, tuple) or len(out) != 5:
-        got = f"a tuple of {len(out)} items" if isinstance(out, tuple) else type(out).__name__
+    if not isinstance(out, tuple | list) or len(out) != 5:
+        got = (
+            f"a {type(out).__name__} of {len(out)} items"
+            if isinstance(out, tuple | list)
+            else type(out).__name__
+        )
         what = f"env.step returned {got}; expected (obs, reward, terminated, truncated, info)"
     else:
         what = f"env.step returned the reward {out[1]!r}; expected a real number"
@@ -263,7 +267,7 @@ async def play(
                 else:
                     with anyio.move_on_after(policy_timeout) as scope:
                         action = await pending
-                    if scope.cancelled_caught:
+                    if _overran(scope):
                         raise _Failure("timeout", _timeout("policy", policy_timeout, ctx, length))
                 if validator is not None:
                     validator.action(action, length)
@@ -277,7 +281,7 @@ async def play(
                 else:
                     with anyio.move_on_after(step_timeout) as scope:
                         out = await step(action)
-                    if scope.cancelled_caught:
+                    if _overran(scope):
                         raise _Failure("timeout", _timeout("step", step_timeout, ctx, length))
                 if render is not None:
                     await _maybe_await(render())
@@ -293,7 +297,10 @@ async def play(
             except (TypeError, ValueError) as exc:
                 raise _Failure("env_error", _bad_step(out, ctx, length + 1)) from exc
             if validator is not None:
-                validator.step(obs, terminated, truncated, info, length + 1)
+                try:
+                    validator.step(obs, terminated, truncated, info, length + 1)
+                except EnvError as exc:
+                    raise _Failure("env_error", exc) from exc
             total += reward  # type: ignore[operator]  # a real number, checked above
             length += 1
             ctx.step = length
@@ -441,18 +448,39 @@ async def run_episode_on(
         raise
 
 
+def _overran(scope: anyio.CancelScope) -> bool:
+    """True when a deadline fired, or passed while a call blocked without awaiting."""
+    return scope.cancelled_caught or anyio.current_time() >= scope.deadline
+
+
 async def _reset(
     env: AsyncEnv, ep: _Episode, settings: LoopSettings, ctx: EpisodeContext
 ) -> tuple[Any, dict[str, Any]]:
+    limit = settings.reset_timeout
     try:
-        if settings.reset_timeout is None:
-            return await env.reset(seed=ep.env_seed)
-        with anyio.move_on_after(settings.reset_timeout):
-            return await env.reset(seed=ep.env_seed)
-        # Only reached when the deadline cancelled the reset.
-        raise _Failure("timeout", _timeout("reset", settings.reset_timeout, ctx))
+        if limit is None:
+            out = await env.reset(seed=ep.env_seed)
+        else:
+            with anyio.move_on_after(limit) as scope:
+                out = await env.reset(seed=ep.env_seed)
+            if _overran(scope):
+                raise _Failure("timeout", _timeout("reset", limit, ctx))
+        if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], dict)):
+            got = type(out).__name__
+            if isinstance(out, tuple | list):
+                got = f"a {got} of {len(out)} items"
+            raise EnvError(
+                f"episode {ep.index} (env_seed={ep.env_seed}): env.reset returned {got}; "
+                "expected (observation, info dict)",
+                episode_index=ep.index,
+                env_seed=ep.env_seed,
+                agent_seed=ep.agent_seed,
+            )
+        if settings.validate:
+            Validator(env, ctx).reset(out[0])
     except Exception as exc:
         raise _Failure.of("env_error", exc) from exc
+    return out[0], out[1]
 
 
 async def _end_hook_quietly(

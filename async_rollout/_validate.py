@@ -59,6 +59,16 @@ class Validator:
                 **self._seeds(),
             )
 
+    def reset(self, obs: Any) -> None:
+        """Raise EnvError unless the reset's observation belongs to the observation space."""
+        if not self.observation_space.contains(obs):
+            raise EnvError(
+                f"episode {self.ctx.index} (env_seed={self.ctx.env_seed}), reset: the "
+                f"observation has {_mismatch(self.observation_space, obs)} "
+                f"(observation space {self.observation_space})",
+                **self._seeds(),
+            )
+
     def step(self, obs: Any, terminated: Any, truncated: Any, info: Any, step: int) -> None:
         """Raise EnvError unless the step's observation, flags and info are well formed."""
         if not self.observation_space.contains(obs):

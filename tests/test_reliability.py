@@ -9,15 +9,23 @@ time with small deadlines.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import gymnasium as gym
 import numpy as np
 import pytest
+import trio.lowlevel
 import trio.testing
+from gymnasium import spaces
 from helpers import episode_key
 
 from async_rollout import (
@@ -27,6 +35,7 @@ from async_rollout import (
     RolloutResult,
     RolloutRunner,
     RolloutTimeout,
+    env_factory,
 )
 from async_rollout.testing import (
     ChaosSchedule,
@@ -569,6 +578,177 @@ async def test_factory_failures_not_in_a_row_are_survived() -> None:
     result = await runner(3, concurrency=1, on_env_error="skip").run_with(make)
     assert outcomes(result) == {"env_error": 3}
     assert tracker.open == []
+
+
+async def test_first_env_is_made_before_the_loop_and_its_failure_raises_at_once() -> None:
+    """The env made to read the spaces fails before any episode: its own error, no retries."""
+    calls = 0
+
+    def make() -> ScriptedEnv:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("simulator down")
+
+    run = runner(4, on_env_error="retry")
+    with pytest.raises(ConnectionRefusedError, match="simulator down"):
+        await run.run_with(make)
+    assert calls == 1
+
+
+# --- what a deadline can interrupt -------------------------------------------------------------
+
+
+def block(seconds: float) -> None:
+    """Hold the event loop for ``seconds`` without awaiting (virtual seconds on a MockClock)."""
+    try:
+        clock = trio.lowlevel.current_clock()
+    except RuntimeError:  # not running on trio
+        time.sleep(seconds)
+        return
+    if isinstance(clock, trio.testing.MockClock):
+        clock.jump(seconds)
+    else:
+        time.sleep(seconds)
+
+
+class BlocksThenAwaits(ScriptedEnv):
+    """An async env whose step 2 blocks past the deadline, then awaits."""
+
+    async def step(self, action: Any) -> Any:
+        if self._t == 1:
+            block(2 * LIMIT)
+            await anyio.lowlevel.checkpoint()
+        return await super().step(action)
+
+
+class BlockingGymEnv(gym.Env[np.ndarray, int]):
+    """A gymnasium env whose step 2 blocks for ``2 * LIMIT`` without awaiting (run inline)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: int) -> Any:
+        self.t += 1
+        if self.t == 2:
+            block(2 * LIMIT)
+        return np.zeros(4, np.float32), 1.0, self.t >= 4, False, {}
+
+
+async def test_blocked_async_env_times_out_at_its_next_await(mock_clock: bool) -> None:
+    """A call that blocks cannot be interrupted; its deadline fires at the call's next await."""
+    tracker = EnvTracker()
+    run = runner(1, concurrency=1, on_env_error="skip", step_timeout=LIMIT)
+    start = anyio.current_time()
+    result = await run.run_with(partial(BlocksThenAwaits, tracker=tracker))
+    (episode,) = result.episodes
+    assert episode.outcome == "timeout"
+    assert episode.length == 1
+    assert "step 1 exceeded step_timeout" in (episode.error or "")
+    if mock_clock:
+        # Not at the deadline (the loop was blocked) but as soon as the call awaited.
+        assert anyio.current_time() - start == pytest.approx(2 * LIMIT)
+    assert tracker.open == []
+
+
+async def test_inline_call_blocking_past_its_deadline_is_a_timeout() -> None:
+    run = runner(1, concurrency=1, on_env_error="skip", step_timeout=LIMIT)
+    result = await run.run_with(BlockingGymEnv)
+    assert [ep.outcome for ep in result.episodes] == ["timeout"]
+
+
+class StuckGymEnv(gym.Env[np.ndarray, int]):
+    """A gymnasium env whose step 2 blocks its thread until ``release`` is set."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, release: threading.Event, made: list[StuckGymEnv]) -> None:
+        self.release = release
+        self.returned = threading.Event()
+        self.closed = False
+        self.t = 0
+        made.append(self)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: int) -> Any:
+        self.t += 1
+        if self.t == 2:
+            self.release.wait()
+            self.returned.set()
+        return np.zeros(4, np.float32), 1.0, self.t >= 4, False, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # real clocks, see below
+async def test_thread_offload_deadline_abandons_the_call(
+    request: pytest.FixtureRequest, anyio_backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread cannot be killed: at the deadline its call is abandoned and its env replaced.
+
+    Real clocks: on a MockClock with autojump the loop counts as idle while a
+    thread works, so virtual time would jump to the deadline during any call.
+    """
+    import async_rollout._loop
+
+    limit = 0.2
+    monkeypatch.setattr(async_rollout._loop, "CLOSE_TIMEOUT_S", 1.0)
+    release = threading.Event()
+    made: list[StuckGymEnv] = []
+    run = runner(2, concurrency=1, on_env_error="skip", step_timeout=limit)
+    start = anyio.current_time()
+    try:
+        result = await run.run_with(
+            env_factory(partial(StuckGymEnv, release, made), offload="thread")
+        )
+        elapsed = anyio.current_time() - start
+    finally:
+        release.set()
+        # Let the abandoned threads finish their calls before the event loop closes.
+        stuck = [env for env in made if env.t == 2]
+        await anyio.to_thread.run_sync(lambda: all(env.returned.wait(5) for env in stuck))
+    assert outcomes(result) == {"timeout": 2}
+    assert [env.t for env in made] == [2, 2], "each env stuck in step 2; a fresh one for episode 1"
+    assert all(env.closed for env in made)
+    # Two deadlines and little else: no close waited for a stuck thread.
+    assert elapsed < 2 * limit + 0.5
+
+
+# --- the docs ----------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
+
+
+def doc_example(name: str) -> str:
+    """The code block after ``<!-- example: name ... -->`` in docs/RELIABILITY.md."""
+    text = DOCS.read_text()
+    start = text.index(f"<!-- example: {name} ")
+    block = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
+    assert block is not None, f"no python block after the {name!r} marker"
+    return block.group(1)
+
+
+async def test_chaos_example_in_the_docs_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ChaosWrapper example of docs/RELIABILITY.md runs as written (it cannot rot)."""
+    namespace: dict[str, Any] = {"__name__": "reliability_doc_example"}
+    exec(compile(doc_example("chaos"), str(DOCS), "exec"), namespace)
+    await namespace["main"]()
+    printed = capsys.readouterr().out
+    assert "'completed':" in printed
+    assert "step_hang" in printed
 
 
 # --- known gaps (bugs in the loop) -------------------------------------------------------------
