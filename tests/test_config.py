@@ -47,7 +47,7 @@ def test_shipped_groups() -> None:
     assert GROUPS == {
         "agent": ["batched", "heuristic_cartpole", "linear", "random"],
         "env": ["cartpole", "custom", "latency", "mountain_car", "pendulum", "remote"],
-        "runner": ["default", "high_concurrency"],
+        "runner": ["default", "high_concurrency", "ray"],
         "wrappers": ["chaos", "episode_stats", "none", "time_limit"],
     }
 
