@@ -387,7 +387,11 @@ class RolloutRunner:
 
         self.result = None
         make = factory if factory is not None else lambda _: instance
-        first_env, policy = await _first_env_and_policy(make, agent, owns_envs)
+        try:
+            first_env, policy = await _first_env_and_policy(make, agent, owns_envs)
+        except BaseException:
+            finish()  # runner.result is set after any run that raised, this one too
+            raise
         state = LoopState(
             make_env=make,
             policy=policy,
