@@ -4,6 +4,8 @@ Environments and policies are wrapped in async adapters and many episodes are
 interleaved concurrently, so envs that wait on I/O overlap instead of queueing.
 """
 
+from typing import TYPE_CHECKING
+
 from ._batching import BatchedPolicy as BatchedPolicy
 from ._config import load_config as load_config
 from ._env import AsyncEnv as AsyncEnv
@@ -26,8 +28,24 @@ from .errors import PolicyError as PolicyError
 from .errors import RemoteEnvError as RemoteEnvError
 from .errors import RolloutError as RolloutError
 from .errors import RolloutTimeout as RolloutTimeout
-from .remote import RemoteEnv as RemoteEnv
-from .remote import serve_env as serve_env
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time, see __getattr__
+    from .remote import RemoteEnv as RemoteEnv
+    from .remote import serve_env as serve_env
+
+_LAZY = {"RemoteEnv": ".remote", "serve_env": ".remote"}
+
+
+def __getattr__(name: str) -> object:
+    # The remote subpackage (ssl, msgpack, anyio streams) loads on first use.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncEnv",

@@ -66,11 +66,14 @@ class _Yielder:
     running and never pay for a forced yield, however many run at once.
     """
 
-    __slots__ = ("deadline", "ticks")
+    __slots__ = ("deadline", "steps", "ticks")
 
     def __init__(self) -> None:
         self.deadline = _clock() + YIELD_BUDGET_S
         self.ticks = 0
+        #: Steps taken by all workers. A worker that sees it move while it awaited
+        #: its policy and env was suspended: the event loop went round meanwhile.
+        self.steps = 0
 
     async def tick(self) -> None:
         """Count the event loop's rounds and push the deadline on (run until cancelled)."""
@@ -251,9 +254,12 @@ async def play(
     env_time = policy_time = 0.0
     terminated = truncated = False
     ticks_seen = yielder.ticks
+    extras = bool(max_steps) or recorder is not None or on_step is not None
+    t2 = _clock()
     try:
         while True:
-            t0 = _clock()
+            steps_before = yielder.steps
+            t0 = t2  # the previous step's end: one clock read per step saved
             try:
                 if wants:
                     given = {"info": info, "episode": ctx}
@@ -304,16 +310,25 @@ async def play(
             total += reward  # type: ignore[operator]  # a real number, checked above
             length += 1
             ctx.step = length
-            if max_steps and length >= max_steps and not terminated:
-                truncated = True
-            if recorder is not None:
-                recorder.add(action, obs, reward, terminated, truncated, info)
-            if on_step is not None:
-                await on_step.call("on_step", ctx, action, obs, reward, terminated, truncated, info)
+            if extras:  # the rarely used per-step features, behind one test
+                if max_steps and length >= max_steps and not terminated:
+                    truncated = True
+                if recorder is not None:
+                    recorder.add(action, obs, reward, terminated, truncated, info)
+                if on_step is not None:
+                    await on_step.call(
+                        "on_step", ctx, action, obs, reward, terminated, truncated, info
+                    )
             if terminated or truncated:
                 break
+            steps = yielder.steps + 1
+            yielder.steps = steps
             if t2 > yielder.deadline:
-                if yielder.ticks == ticks_seen:
+                # The ticker ticks at most once per loop round and only every half
+                # budget, so with long rounds (thousands of workers) it misses every
+                # other round: other workers' steps during this one's awaits are the
+                # sure sign that the loop went round.
+                if yielder.ticks == ticks_seen and steps == steps_before + 1:
                     await anyio.lowlevel.checkpoint()
                 ticks_seen = yielder.ticks
     finally:

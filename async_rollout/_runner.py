@@ -39,7 +39,7 @@ from ._loop import (
 )
 from ._policy import AsyncPolicy, EpisodeContext, wrap_policy
 from ._results import EpisodeResult, RolloutResult
-from ._seeding import derive_seed, fresh_base_seed
+from ._seeding import derive_seeds, fresh_base_seed
 from ._sinks import RunInfo, Sink, SinkSet, StatsSink
 from ._types import Backend, OnEnvError, WrapperSpec, check_choice, to_container
 from .errors import ConfigError
@@ -257,9 +257,9 @@ class RolloutRunner:
         env_seeds = self.env_seeds[:n] if self.env_seeds is not None else None
         agent_seeds = self.agent_seeds[:n] if self.agent_seeds is not None else None
         if env_seeds is None:
-            env_seeds = [derive_seed(base_seed, 0, i) for i in range(n)]  # type: ignore[arg-type]
+            env_seeds = derive_seeds(base_seed, 0, range(n))  # type: ignore[arg-type]
         if agent_seeds is None:
-            agent_seeds = [derive_seed(base_seed, 1, i) for i in range(n)]  # type: ignore[arg-type]
+            agent_seeds = derive_seeds(base_seed, 1, range(n))  # type: ignore[arg-type]
         return env_seeds, agent_seeds
 
     async def run_with(
