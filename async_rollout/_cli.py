@@ -123,6 +123,13 @@ def _run_parser(epilog: Callable[[], str]) -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar (there is none anyway when stderr is not a terminal)",
     )
+    _add_run_options(parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that runs an event loop takes."""
     parser.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
@@ -130,8 +137,6 @@ def _run_parser(epilog: Callable[[], str]) -> argparse.ArgumentParser:
         help="the event loop to run on (default: asyncio)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    return parser
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -510,13 +515,7 @@ def _serve_parser(epilog: Callable[[], str]) -> argparse.ArgumentParser:
         action="store_true",
         help="print the bound address as one JSON line on stdout once serving",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("asyncio", "trio"),
-        default="asyncio",
-        help="the event loop to run on (default: asyncio)",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _add_run_options(parser)
     return parser
 
 
