@@ -306,7 +306,7 @@ async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
 async def _render(env: AsyncEnv) -> dict[str, Any]:
     render = getattr(env, "render", None)
     if render is None:
-        raise NotImplementedError(f"{type(env).__name__} has no render()")
+        raise AttributeError(f"{type(env).__name__} has no render()")
     frame = render()
     if inspect.isawaitable(frame):
         frame = await frame
