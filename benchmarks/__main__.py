@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks                    # everything (~10 min on 2 cores)
     python -m benchmarks --quick            # smoke run, small sizes, 2 repetitions
     python -m benchmarks -s B1 -s D         # some sections only
+    python -m benchmarks -s RAY -s SOAK     # opt-in: REMOTE, RECORDING, RAY, SOAK
     python -m benchmarks -s B1 --backends asyncio
     python -m benchmarks --profile          # pyinstrument profiles of B1 c=100 and B3
 """
@@ -28,7 +29,9 @@ from ._common import (
     table_lines,
 )
 
-SECTIONS = ("B1", "B2", "B3", "D")
+SECTIONS = ("B1", "B2", "B3", "B4", "D")
+# Opt-in sections: run only when selected with -s (slow, or need extras: Ray, subprocesses).
+OPT_IN_SECTIONS = ("REMOTE", "RECORDING", "RAY", "SOAK")
 
 
 def _run_section(key: str, settings: Settings) -> Section:
@@ -38,6 +41,16 @@ def _run_section(key: str, settings: Settings) -> Section:
         from . import bench_latency as module  # type: ignore[no-redef]
     elif key == "B3":
         from . import bench_cartpole as module  # type: ignore[no-redef]
+    elif key == "B4":
+        from . import bench_batching as module  # type: ignore[no-redef]
+    elif key == "REMOTE":
+        from . import bench_remote as module  # type: ignore[no-redef]
+    elif key == "RECORDING":
+        from . import bench_recording as module  # type: ignore[no-redef]
+    elif key == "RAY":
+        from . import bench_ray as module  # type: ignore[no-redef]
+    elif key == "SOAK":
+        from . import bench_soak as module  # type: ignore[no-redef]
     else:
         from . import bench_import as module  # type: ignore[no-redef]
     t0 = time.perf_counter()
@@ -78,7 +91,11 @@ def _results_md(
         "",
     ]
     if missed:
-        out += [f"- {r.section} {r.name}: {r.ratio_str()} (target {r.target})" for r in missed]
+        out += [
+            f"- {r.section} {r.name}: {r.ratio_str()} (target {r.target})"
+            + (f"; {r.note}" if r.note else "")
+            for r in missed
+        ]
         out.append("")
         out.append("Causes and proposed fixes, measured: see [PROFILE.md](PROFILE.md).")
     else:
@@ -105,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "--section",
         action="append",
         type=str.upper,
-        choices=SECTIONS,
-        help="run this section (repeatable; default: all)",
+        choices=SECTIONS + OPT_IN_SECTIONS,
+        help="run this section (repeatable; default: all but the opt-in "
+        f"{', '.join(OPT_IN_SECTIONS)})",
     )
     parser.add_argument(
         "--backends",
