@@ -29,8 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from async_rollout import RolloutRunner
-from async_rollout._seeding import episode_seeds
-from async_rollout.recording import iter_trajectories, prepare_output_dir
+from async_rollout.recording import iter_trajectories
 
 from ._common import Row, Section, Settings, at_most, interleaved, median, run_anyio, spread
 
@@ -83,19 +82,13 @@ def _candidates(
 
         async def main() -> float:
             t0 = time.perf_counter()
-            env_seeds, agent_seeds = episode_seeds(0, range(n))
-            out = prepare_output_dir(
-                folder,
-                resume=False,
-                n_episodes=n,
-                env_seeds=env_seeds,
-                agent_seeds=agent_seeds,
+            # Through the runner's own output_dir wiring: what users get.
+            runner = RolloutRunner(
+                n,
                 record_trajectory=True,
                 record_event_logs=True,
-                config=None,
-            )
-            runner = RolloutRunner(
-                n, record_trajectory=True, concurrency=CONCURRENCY, sinks=out.sinks
+                concurrency=CONCURRENCY,
+                output_dir=str(folder),
             )
             result = await runner.run_with(ENV_ID)
             elapsed = time.perf_counter() - t0
