@@ -9,9 +9,11 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import gymnasium as gym
 import numpy as np
 
@@ -344,15 +346,19 @@ class RolloutRunner:
         if self.output_dir is not None:
             from .recording import prepare_output_dir
 
-            out = prepare_output_dir(
-                self.output_dir,
-                resume=self.resume,
-                n_episodes=n,
-                env_seeds=env_seeds,
-                agent_seeds=agent_seeds,
-                record_trajectory=self.record_trajectory,
-                record_event_logs=self.record_event_logs,
-                config=config,
+            # Reading an earlier run back (resume) is file I/O: keep it off the event loop.
+            out = await anyio.to_thread.run_sync(
+                partial(
+                    prepare_output_dir,
+                    self.output_dir,
+                    resume=self.resume,
+                    n_episodes=n,
+                    env_seeds=env_seeds,
+                    agent_seeds=agent_seeds,
+                    record_trajectory=self.record_trajectory,
+                    record_event_logs=self.record_event_logs,
+                    config=config,
+                )
             )
             collector.episodes.extend(out.done)
             indices = out.remaining
