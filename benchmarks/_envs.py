@@ -99,22 +99,24 @@ class LognormalEnv:
         return None
 
 
-class SleepEnv(gym.Env[np.ndarray, np.int64]):
-    """A gymnasium env that ``time.sleep``s each step: ScriptedEnv's twin for vector envs.
+class WorkEnv(gym.Env[np.ndarray, np.int64]):
+    """A gymnasium env whose step does ``work()`` and then draws from the seeded generator.
 
     Like ``ScriptedEnv``: a Box(4) observation and a reward drawn from the
-    seeded generator, a Discrete(2) action added to the reward, ``terminated``
-    after ``episode_length`` steps.
+    seeded generator, the Discrete(2) action added to the reward, ``terminated``
+    after ``episode_length`` steps; subclasses say what a step costs.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
-    def __init__(self, episode_length: int = 50, latency: float = 0.005) -> None:
+    def __init__(self, episode_length: int = 50) -> None:
         self.episode_length = episode_length
-        self.latency = latency
         self.observation_space = spaces.Box(-np.inf, np.inf, (4,), np.float32)
         self.action_space = spaces.Discrete(2)
         self._t = 0
+
+    def work(self) -> None:
+        """What one step costs (nothing here)."""
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -124,11 +126,23 @@ class SleepEnv(gym.Env[np.ndarray, np.int64]):
         return self.np_random.standard_normal(4).astype(np.float32), {"step": 0}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        time.sleep(self.latency)
+        self.work()
         self._t += 1
         reward = float(self.np_random.random()) + float(np.sum(action))
         obs = self.np_random.standard_normal(4).astype(np.float32)
         return obs, reward, self._t >= self.episode_length, False, {"step": self._t}
+
+
+class SleepEnv(WorkEnv):
+    """A gymnasium env that ``time.sleep``s each step: ScriptedEnv's twin for vector envs."""
+
+    def __init__(self, episode_length: int = 50, latency: float = 0.005) -> None:
+        super().__init__(episode_length)
+        self.latency = latency
+
+    def work(self) -> None:
+        """Sleep ``latency`` seconds."""
+        time.sleep(self.latency)
 
 
 # --------------------------------------------------------------------------- policies

@@ -52,6 +52,7 @@ from ._common import (
     spread,
     table_lines,
 )
+from ._envs import WorkEnv
 
 SCRIPTED = "async_rollout.testing.ScriptedEnv"
 MODULE = "benchmarks.bench_remote"
@@ -61,7 +62,7 @@ EPISODES, LENGTH, LATENCY, CONCURRENCY = 64, 50, 0.005, 64
 # --------------------------------------------------------------------------- the CPU-bound env
 
 
-class BurnEnv(gym.Env[np.ndarray, np.int64]):
+class BurnEnv(WorkEnv):
     """A gymnasium env whose step burns a fixed amount of CPU (``iterations`` of a Python loop).
 
     Observations and rewards come from the seeded generator, so inline and
@@ -69,25 +70,12 @@ class BurnEnv(gym.Env[np.ndarray, np.int64]):
     """
 
     def __init__(self, iterations: int, episode_length: int = 200) -> None:
+        super().__init__(episode_length)
         self.iterations = iterations
-        self.episode_length = episode_length
-        self.observation_space = spaces.Box(-np.inf, np.inf, (4,), np.float32)
-        self.action_space = spaces.Discrete(2)
-        self._t = 0
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
-        self._t = 0
-        return self.np_random.standard_normal(4).astype(np.float32), {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def work(self) -> None:
+        """Burn the CPU."""
         burn(self.iterations)
-        self._t += 1
-        obs = self.np_random.standard_normal(4).astype(np.float32)
-        reward = float(self.np_random.random()) + float(action)
-        return obs, reward, self._t >= self.episode_length, False, {}
 
 
 def burn(iterations: int) -> int:
