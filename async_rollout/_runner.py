@@ -152,6 +152,19 @@ class RolloutRunner:
         ray_actor_options: With ``backend="ray"``: Ray options of each actor
             (``num_cpus`` (default 1), ``num_gpus``, ``runtime_env``,
             ``max_restarts`` (default 2), ...).
+        shared_output_dir: With ``backend="ray"`` and ``record_trajectory``:
+            each Ray worker writes its episodes' trajectory files into
+            ``output_dir/trajectories/`` itself (same names, same contents)
+            and sends back only the results, so the arrays never cross Ray's
+            object store; the driver still writes the other files
+            (``stats.json``, the journal, the event log). ``output_dir`` must
+            then be a path every node sees, the same on each (NFS, a shared
+            volume): the driver checks it can write there, and each worker
+            that it sees the driver's folder, before any episode is played.
+            Sinks get an :class:`~async_rollout.distributed.StoredTrajectory`
+            in ``result.trajectory``, which reads the file when used. Needs
+            ``output_dir`` (else a ValueError); with the local backend it
+            changes nothing (every file is written by this process anyway).
     """
 
     def __init__(
@@ -180,6 +193,7 @@ class RolloutRunner:
         ray_address: str | None = None,
         n_workers: int | None = None,
         ray_actor_options: Mapping[str, Any] | None = None,
+        shared_output_dir: bool = False,
     ) -> None:
         self.n_episodes = _check_int("n_episodes", n_episodes, 0)
         self.max_episode_steps = check_max_episode_steps(max_episode_steps)
@@ -216,6 +230,13 @@ class RolloutRunner:
         if ray_actor_options is not None and not isinstance(ray_actor_options, Mapping):
             raise TypeError(f"ray_actor_options must be a mapping; got {ray_actor_options!r}")
         self.ray_actor_options = dict(ray_actor_options or {})
+        self.shared_output_dir = bool(shared_output_dir)
+        if self.shared_output_dir and self.output_dir is None:
+            raise ValueError(
+                "shared_output_dir needs an output_dir (the directory every Ray node sees, "
+                "which the workers write the trajectory files into); got "
+                "shared_output_dir=True and output_dir=None"
+            )
         self.validate = bool(validate)
         self.result: RolloutResult | None = None
         """The latest run's result; also set after a run that raised or was cancelled."""
@@ -363,6 +384,11 @@ class RolloutRunner:
             collector.episodes.extend(out.done)
             indices = out.remaining
             file_sinks = out.sinks
+            if self.backend == "ray" and self.shared_output_dir:
+                from .recording import TrajectorySink
+
+                # The Ray workers write the trajectory files themselves.
+                file_sinks = [s for s in file_sinks if not isinstance(s, TrajectorySink)]
         concurrency = self.concurrency
         owns_envs = not _is_env_instance(env)
         if owns_envs:
@@ -433,6 +459,7 @@ class RolloutRunner:
                     n_workers=self.n_workers,
                     address=self.ray_address,
                     actor_options=self.ray_actor_options,
+                    shared_output_dir=self.output_dir if self.shared_output_dir else None,
                 )
             else:
                 await run_workers(state, min(concurrency, max(len(indices), 1)))

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 from helpers import episode_key
 
@@ -30,12 +31,17 @@ from async_rollout import (
     RolloutTimeout,
     Sink,
     env_factory,
+    load_config,
 )
 from async_rollout._cli import main as cli_main
 from async_rollout._loop import LoopSettings, _Episode
-from async_rollout.distributed import ACTOR_NAME_PREFIX, WorkerCore
+from async_rollout.distributed import ACTOR_NAME_PREFIX, StoredTrajectory, WorkerCore
+from async_rollout.distributed import _driver as driver_module
+from async_rollout.distributed import _shared as shared_module
 from async_rollout.distributed._deps import import_ray
 from async_rollout.distributed._protocol import Ended, Job, ShippedError, Started
+from async_rollout.distributed._shared import SharedDir, close_shared_dir, open_shared_dir
+from async_rollout.recording import TrajectorySink, load_trajectory
 from async_rollout.testing import ScriptedEnv
 from async_rollout.testing._scripted import EnvTracker
 
@@ -269,6 +275,107 @@ async def test_unpicklable_agent_is_a_clear_error(ray_cluster: ModuleType) -> No
         await runner.run_with(partial(ScriptedEnv, 3), agent=LockedPolicy())
 
 
+# --- shared_output_dir: the workers write the trajectory files -----------------------------------
+
+
+def _same_trajectory(a: Path, b: Path) -> bool:
+    x, y = load_trajectory(a), load_trajectory(b)
+    return (
+        len(x) == len(y)
+        and all(np.array_equal(p, q) for p, q in zip(x.observations, y.observations, strict=True))
+        and all(np.array_equal(p, q) for p, q in zip(x.actions, y.actions, strict=True))
+        and np.array_equal(x.rewards, y.rewards)
+        and np.array_equal(x.terminated, y.terminated)
+        and np.array_equal(x.truncated, y.truncated)
+        and x.infos == y.infos
+    )
+
+
+class _Trajectories(Sink):
+    """Keeps what the driver's sinks get in ``result.trajectory``."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, Any] = {}
+
+    def on_episode_end(self, result: EpisodeResult) -> None:
+        self.seen[result.index] = result.trajectory
+
+
+def _driver_never_writes(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("the driver wrote a trajectory file")
+
+
+@pytest.mark.anyio
+async def test_shared_output_dir_workers_write_the_files_of_a_local_run(
+    ray_cluster: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers write the same files a local run writes; the driver writes none; resume works."""
+    env = partial(ScriptedEnv, 6, fail_at_step=3, fail_seeds={4})
+    common: dict[str, Any] = {
+        "record_trajectory": True,
+        "env_seeds": list(range(8)),
+        "on_env_error": "skip",
+    }
+    await RolloutRunner(8, concurrency=4, output_dir=str(tmp_path / "local"), **common).run_with(
+        env
+    )
+    # From here on, a trajectory file written in this process (the driver) fails the run;
+    # the workers are other processes, with their own modules.
+    monkeypatch.setattr(TrajectorySink, "on_episode_end", _driver_never_writes)
+    monkeypatch.setattr(shared_module, "write_trajectory", _driver_never_writes)
+    seen = _Trajectories()
+    shared = dict(common, output_dir=str(tmp_path / "ray"), shared_output_dir=True, **RAY)
+    await RolloutRunner(8, concurrency=2, sinks=[seen], **shared).run_with(env)
+
+    local_files, ray_files = tmp_path / "local" / "trajectories", tmp_path / "ray" / "trajectories"
+    names = sorted(p.name for p in local_files.iterdir())
+    assert len(names) == 8  # the failed episode 4 has its file too
+    assert sorted(p.name for p in ray_files.iterdir()) == names  # no check file left over
+    assert all(_same_trajectory(local_files / n, ray_files / n) for n in names)
+    assert _episodes(tmp_path / "ray" / "stats.json") == _episodes(
+        tmp_path / "local" / "stats.json"
+    )
+    # The sinks got the files' names, not the arrays, and can still read the steps.
+    assert all(isinstance(t, StoredTrajectory) for t in seen.seen.values())
+    assert seen.seen[2].path == ray_files / "episode_000002.npz"
+    assert len(seen.seen[2]) == 6
+
+    # The journal names the workers' files as it names the driver's: one gone is played again.
+    (ray_files / "episode_000003.npz").unlink()
+    again = _Trajectories()
+    resumed = RolloutRunner(8, concurrency=2, sinks=[again], resume=True, **shared)
+    result = await resumed.run_with(env)
+    assert list(again.seen) == [3]
+    assert [ep.index for ep in result.episodes] == list(range(8))
+    assert _same_trajectory(local_files / "episode_000003.npz", ray_files / "episode_000003.npz")
+
+
+@pytest.mark.anyio
+async def test_shared_output_dir_a_worker_that_sees_another_folder_fails_the_run(
+    ray_cluster: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that does not see the driver's folder stops the run, naming itself and the path."""
+
+    def not_shared(output_dir: str) -> SharedDir:
+        # As if the workers' node had a folder of that name of its own: no check file there.
+        shared = open_shared_dir(output_dir)
+        close_shared_dir(shared)
+        return shared
+
+    monkeypatch.setattr(driver_module, "open_shared_dir", not_shared)
+    out = tmp_path / "out"
+    runner = RolloutRunner(
+        4, record_trajectory=True, output_dir=str(out), shared_output_dir=True, **RAY
+    )
+    with pytest.raises(ConfigError, match="that path is not shared between the nodes") as info:
+        await runner.run_with(partial(ScriptedEnv, 3))
+    message = str(info.value)
+    assert str(out / "trajectories") in message
+    assert re.search(r"Ray worker [01] of 2 \(pid \d+", message)
+    assert info.value.key == "runner.shared_output_dir"
+    assert not list((out / "trajectories").iterdir())
+
+
 # --- the command line --------------------------------------------------------------------------
 
 
@@ -281,7 +388,7 @@ def _episodes(stats: Path) -> list[dict[str, Any]]:
 def test_cli_ray_writes_the_stats_of_a_local_run(
     ray_cluster: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`runner.backend=ray` writes the same per-episode stats.json and trajectories as local."""
+    """`runner.backend=ray` writes the same stats.json and trajectories as local, shared or not."""
     common = ["runner.n_episodes=8", "runner.record_trajectory=true", "--json", "--no-progress"]
     assert cli_main([*common, f"output_dir={tmp_path / 'local'}"]) == 0
     local = json.loads(capsys.readouterr().out)
@@ -300,6 +407,13 @@ def test_cli_ray_writes_the_stats_of_a_local_run(
     written = sorted(p.name for p in (tmp_path / "ray" / "trajectories").iterdir())
     assert written == sorted(p.name for p in (tmp_path / "local" / "trajectories").iterdir())
     assert len(written) == 8
+    shared = ["runner.shared_output_dir=true", f"output_dir={tmp_path / 'shared'}"]
+    assert cli_main([*common, *ray_args, *shared]) == 0
+    capsys.readouterr()
+    assert _episodes(tmp_path / "shared" / "stats.json") == _episodes(
+        tmp_path / "local" / "stats.json"
+    )
+    assert sorted(p.name for p in (tmp_path / "shared" / "trajectories").iterdir()) == written
 
 
 def test_example_runs(ray_cluster: ModuleType) -> None:
@@ -337,6 +451,15 @@ def test_ray_settings_are_checked() -> None:
         RolloutRunner(2, ray_address=6379)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="ray_actor_options must be a mapping"):
         RolloutRunner(2, ray_actor_options=["num_cpus"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shared_output_dir needs an output_dir"):
+        RolloutRunner(2, shared_output_dir=True)
+    with pytest.raises(ConfigError, match="shared_output_dir needs an output_dir") as info:
+        RolloutRunner.from_config(load_config(["runner.shared_output_dir=true"]))
+    assert info.value.key == "runner.shared_output_dir"
+    runner = RolloutRunner.from_config(
+        load_config(["runner.shared_output_dir=true", "output_dir=out"])
+    )
+    assert runner.shared_output_dir
 
 
 def test_trio_caller_gets_a_clear_error() -> None:
@@ -401,6 +524,70 @@ async def test_worker_keeps_its_loop_running_while_fed_in_small_chunks() -> None
     assert starts == 30
     assert len(tracker.created) == 4
     assert not tracker.open
+
+
+@pytest.mark.anyio
+async def test_worker_refuses_a_shared_folder_it_cannot_see(tmp_path: Path) -> None:
+    """A worker reports a folder that is missing there, or not the driver's, naming the path."""
+    with pytest.raises(ConfigError, match=re.escape(repr(str(tmp_path / "nope" / "trajectories")))):
+        open_shared_dir(tmp_path / "nope")
+    (tmp_path / "trajectories").mkdir()
+    cases = [
+        (SharedDir(str(tmp_path / "elsewhere"), "x.tmp"), "it does not exist there"),
+        (SharedDir(str(tmp_path / "trajectories"), "x.tmp"), "not shared between the nodes"),
+    ]
+    for shared, problem in cases:
+        job = Job(
+            make_env=env_factory(partial(ScriptedEnv, 3)),
+            agent=None,
+            settings=LoopSettings(record_trajectory=True),
+            concurrency=2,
+            n_workers=1,
+            forward_events=False,
+            shared=shared,
+        )
+        core = WorkerCore(job, rank=0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(core.run)
+            reply = await core.poll([_Episode(0, 0, 0)], accept_work=False)
+            while not reply.done:
+                reply = await core.poll(accept_work=False)
+        assert reply.error is not None
+        error = reply.error.restore()
+        assert isinstance(error, ConfigError)
+        assert problem in str(error)
+        assert repr(shared.folder) in str(error)
+        assert "worker 0 of 1" in str(error)
+
+
+@pytest.mark.anyio
+async def test_worker_write_failure_names_the_file(tmp_path: Path) -> None:
+    """A trajectory file a worker cannot write stops its loop, naming the episode and the path."""
+    (tmp_path / "trajectories").mkdir()
+    job = Job(
+        make_env=env_factory(partial(ScriptedEnv, 3)),
+        agent=None,
+        settings=LoopSettings(record_trajectory=True),
+        concurrency=1,
+        n_workers=1,
+        forward_events=False,
+        shared=open_shared_dir(tmp_path),
+    )
+    core = WorkerCore(job, rank=0)
+    # A directory where the file should go: the rename onto it fails.
+    (tmp_path / "trajectories" / "episode_000000.npz").mkdir()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(core.run)
+        reply = await core.poll([_Episode(0, 0, 0), _Episode(1, 1, 1)], accept_work=False)
+        while not reply.done:
+            reply = await core.poll(accept_work=False)
+    assert reply.error is not None
+    error = reply.error.restore()
+    assert isinstance(error, OSError)
+    notes = " ".join(error.__notes__)
+    assert "writing the trajectory of episode 0 to" in notes
+    assert "episode_000000.npz" in notes
+    assert "on Ray worker 0 of 1" in notes
 
 
 def test_shipped_errors_keep_their_type_and_notes() -> None:

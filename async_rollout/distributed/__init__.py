@@ -14,6 +14,18 @@ to ``n_workers * concurrency`` of them. What to know:
   go through the run's sinks (stats, progress, event log, files): sinks see
   every result, episode start and retry; ``on_step`` hooks are not called.
   Trajectories come back with the results and are written by the driver.
+- **Shared output directory.** With ``shared_output_dir=True`` (and
+  ``record_trajectory``), each worker writes its episodes' trajectory files
+  into ``output_dir/trajectories/`` itself (the names and bytes a local run
+  writes, through a temporary name) before sending the result, which comes
+  back without them: the arrays never cross Ray's object store. The driver
+  still writes ``run.json``, ``stats.json``, the journal and the event log,
+  so resume works as usual. ``output_dir`` must be seen by every node at the
+  same path (NFS, a shared volume): the driver checks it can write there and
+  leaves a check file, and each worker checks that it sees that file and can
+  write, before playing; else the run fails with a ConfigError naming the
+  path and the worker. Sinks get a :class:`StoredTrajectory` naming the file
+  (it reads the file when its fields are used).
 - **What is shipped.** The env spec (a gymnasium id, a ``_target_`` config,
   resolved to plain values, or a callable) and the agent (an object, a
   config, or None) are pickled with cloudpickle and rebuilt on each worker:
@@ -47,6 +59,7 @@ from ._deps import require_ray as require_ray
 from ._driver import ACTOR_NAME_PREFIX as ACTOR_NAME_PREFIX
 from ._driver import DEFAULT_ACTOR_OPTIONS as DEFAULT_ACTOR_OPTIONS
 from ._driver import run_on_ray as run_on_ray
+from ._shared import StoredTrajectory as StoredTrajectory
 from ._worker import RolloutWorker as RolloutWorker
 from ._worker import WorkerCore as WorkerCore
 
@@ -55,6 +68,7 @@ __all__ = [
     "DEFAULT_ACTOR_OPTIONS",
     "INSTALL_HINT",
     "RolloutWorker",
+    "StoredTrajectory",
     "WorkerCore",
     "ray_available",
     "require_ray",

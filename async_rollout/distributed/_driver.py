@@ -39,6 +39,7 @@ from .._types import to_container
 from ..errors import ConfigError, RolloutError
 from ._deps import import_ray
 from ._protocol import Ended, Event, Job, Retried, Started, describe_episode, portable_factory
+from ._shared import SharedDir, StoredTrajectory, close_shared_dir, open_shared_dir, stored_path
 from ._worker import RolloutWorker
 
 __all__ = ["ACTOR_NAME_PREFIX", "DEFAULT_ACTOR_OPTIONS", "STOP_TIMEOUT_S", "run_on_ray"]
@@ -61,6 +62,7 @@ async def run_on_ray(
     n_workers: int | None = None,
     address: str | None = None,
     actor_options: Mapping[str, Any] | None = None,
+    shared_output_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Play the episodes of ``state`` on Ray workers; each result goes to ``state.on_result``.
 
@@ -90,15 +92,24 @@ async def run_on_ray(
             :data:`DEFAULT_ACTOR_OPTIONS` (``num_cpus``, ``num_gpus``,
             ``resources``, ``runtime_env``, ``max_restarts``, ...);
             ``max_task_retries`` is always 0: the driver re-issues lost work.
+        shared_output_dir: An output directory every node sees at this path,
+            whose ``trajectories/`` folder exists: when trajectories are
+            recorded, the workers write their episodes' files there themselves
+            and the results come back without them (the sinks get a
+            :class:`~async_rollout.distributed.StoredTrajectory` naming the
+            file); None: the results bring the trajectories back.
 
     Raises:
-        ConfigError: Not running under asyncio, or Ray is not installed.
+        ConfigError: Not running under asyncio, or Ray is not installed, or
+            ``shared_output_dir`` is not writable here or not seen by a worker.
         ValueError: ``state`` runs one env instance (a worker needs a spec).
         TypeError: The env spec or the agent cannot be pickled.
         RolloutError: Every worker died with episodes left to play.
+        OSError: A worker could not write a trajectory file (``shared_output_dir``).
         Exception: Under ``on_env_error="raise"``, the first episode failure
             with its own type and notes naming the episode and the worker.
     """
+    shared: SharedDir | None = None
     try:
         _require_asyncio()
         if not state.owns_envs:
@@ -117,9 +128,14 @@ async def run_on_ray(
         options["max_task_retries"] = 0
         sinks = state.sinks.sinks if state.sinks is not None else []
         if state.sinks is not None and state.sinks.has_step_hooks:
+            keep = (
+                "record_trajectory=True writes every step to output_dir/trajectories/"
+                if shared_output_dir is not None
+                else "record_trajectory=True brings every step back with the results"
+            )
             warnings.warn(
                 "backend='ray': sinks' on_step hooks are not called (steps happen on the "
-                "workers); record_trajectory=True brings every step back with the results",
+                f"workers); {keep}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -131,13 +147,20 @@ async def run_on_ray(
             n_workers=0,
             forward_events=any(_overrides(s, ("on_episode_start", "on_retry")) for s in sinks),
         )
+        if shared_output_dir is not None and state.settings.record_trajectory:
+            # Before connecting to Ray (seconds): a folder the driver cannot write fails fast.
+            shared = await anyio.to_thread.run_sync(open_shared_dir, shared_output_dir)
+            job = replace(job, shared=shared)
         ray = import_ray()
         n, payload = await anyio.to_thread.run_sync(
             _prepare, ray, job, address, n_workers, len(episodes), options
         )
-        driver = _Driver(ray, state, episodes, options)
+        driver = _Driver(ray, state, episodes, options, job.shared)
         await driver.run(payload, n)
     finally:
+        if shared is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close_shared_dir, shared)
         if state.spare_env is not None and state.owns_envs:
             await close_env(state.spare_env)
             state.spare_env = None
@@ -284,9 +307,11 @@ class _Driver:
         state: LoopState,
         episodes: list[_Episode],
         options: Mapping[str, Any],
+        shared: SharedDir | None = None,
     ) -> None:
         self.ray = ray
         self.state = state
+        self.shared = shared
         self.pool: deque[_Episode] = deque(episodes)
         self.options = dict(options)
         self.max_restarts = int(self.options.get("max_restarts") or 0)
@@ -397,6 +422,10 @@ class _Driver:
                 # A worker's "cancelled" only means it was stopped; the driver records those.
                 if result.outcome == "cancelled" or slot.owned.pop(result.index, None) is None:
                     continue
+                if event.stored and self.shared is not None:
+                    # The file is written: the journal and stats.json name it, as locally.
+                    path = stored_path(self.shared, result.index)
+                    result = replace(result, trajectory=StoredTrajectory(path))
                 await self.state.on_result(result)
                 if not self.pool and not any(s.owned for s in self.slots):
                     self._complete()

@@ -17,6 +17,7 @@ from .._policy import EpisodeContext
 from .._results import EpisodeResult
 from .._types import to_container
 from ..errors import RolloutError
+from ._shared import SharedDir
 
 __all__ = [
     "Ended",
@@ -47,6 +48,9 @@ class Job:
     """How many workers the run has (for worker indices and messages)."""
     forward_events: bool
     """Send episode starts and retries to the driver (its sinks listen to them)."""
+    shared: SharedDir | None = None
+    """Where the worker writes trajectory files itself (``shared_output_dir``); None: the
+    results bring the trajectories to the driver."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,9 @@ class Ended:
     """An episode has its result (the driver calls the run's ``on_result``)."""
 
     result: EpisodeResult
+    stored: bool = False
+    """The worker wrote the episode's trajectory file itself (``Job.shared``); the result
+    comes without the trajectory."""
 
 
 Event: TypeAlias = Started | Retried | Ended

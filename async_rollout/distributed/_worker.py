@@ -21,9 +21,11 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from .._env import AsyncEnv, connect_if_remote
@@ -32,6 +34,7 @@ from .._loop import LoopState, PolicyCaller, _Episode, close_env, run_workers
 from .._policy import EpisodeContext
 from .._results import EpisodeResult
 from .._sinks import Sink, SinkSet
+from ..errors import ConfigError
 from ._protocol import (
     Ended,
     Event,
@@ -42,6 +45,7 @@ from ._protocol import (
     Started,
     describe_episode,
 )
+from ._shared import check_shared_dir, store_trajectory
 
 __all__ = ["POLL_TIMEOUT_S", "RolloutWorker", "WorkerCore"]
 
@@ -66,10 +70,16 @@ class _Signal:
 
 
 class _Forwarder(Sink):
-    """Queues episode starts and retries for the driver's sinks."""
+    """Queues episode starts and retries for the driver's sinks.
 
-    def __init__(self, post: Callable[[Event], None]) -> None:
+    Args:
+        post: Queues an event for the driver.
+        strip: Send failed attempts without their trajectories (they stay on the worker).
+    """
+
+    def __init__(self, post: Callable[[Event], None], *, strip: bool = False) -> None:
         self._post = post
+        self._strip = strip
 
     def on_episode_start(self, episode: EpisodeContext) -> None:
         """Forward the start (without the policy's per-episode state)."""
@@ -77,6 +87,8 @@ class _Forwarder(Sink):
 
     def on_retry(self, failed: EpisodeResult, attempt: int, delay_s: float) -> None:
         """Forward the retry."""
+        if self._strip and failed.trajectory is not None:
+            failed = replace(failed, trajectory=None)
         self._post(Retried(failed, attempt, delay_s))
 
 
@@ -118,7 +130,11 @@ class WorkerCore:
         self._tg: TaskGroup | None = None
         self._policy: PolicyCaller | None = None
         self._spare: AsyncEnv | None = None
-        self._sinks = SinkSet([_Forwarder(self._post)]) if job.forward_events else None
+        self._sinks = (
+            SinkSet([_Forwarder(self._post, strip=job.shared is not None)])
+            if job.forward_events
+            else None
+        )
 
     # --- signals (made on first use: they belong to the event loop that runs us) ---
 
@@ -151,6 +167,16 @@ class WorkerCore:
             with anyio.CancelScope() as self._scope:
                 if self._stopped:
                     self._scope.cancel()
+                if self.job.shared is not None:
+                    # Checked at once, work or not: a node that does not share the
+                    # output directory is a misconfigured cluster, whoever plays.
+                    try:
+                        await anyio.to_thread.run_sync(
+                            check_shared_dir, self.job.shared, self.where
+                        )
+                    except ConfigError as exc:
+                        self._error = exc
+                        return
                 # No env before there is work: a worker may get none, and a failure
                 # to make one can then name the episode it was for.
                 while not self._queue and not self._finished:
@@ -287,7 +313,14 @@ class WorkerCore:
 
     async def _on_result(self, result: EpisodeResult) -> None:
         self._in_flight.pop(result.index, None)
-        self._post(Ended(result))
+        stored = False
+        if self.job.shared is not None and result.trajectory is not None:
+            # Written before the result goes out, so that the driver names only whole
+            # files. Shielded: the episode has finished; a stopped run still gets its file.
+            with anyio.CancelScope(shield=True):
+                stored = await anyio.to_thread.run_sync(store_trajectory, self.job.shared, result)
+            result = replace(result, trajectory=None)
+        self._post(Ended(result, stored))
         if result.outcome == "cancelled" or (
             result.failed and self.job.settings.on_env_error == "raise"
         ):
