@@ -433,7 +433,7 @@ async def run_episode_on(
                     await _maybe_await(policy.on_start(ctx))
                 except Exception as exc:
                     raise _Failure("policy_error", exc) from exc
-            if state.sinks is not None:
+            if state.sinks is not None and state.sinks.has_start_hooks:
                 await state.sinks.call("on_episode_start", ctx)
             await play(env, obs, policy, ctx, rng, settings, tally, state.sinks, state.yielder)
         if scope is not None and scope.cancelled_caught:

@@ -137,6 +137,7 @@ class SinkSet:
                 calls.append((fn, inspect.iscoroutinefunction(fn)))
             self._hooks[name] = calls
         self.has_step_hooks = bool(self._hooks["on_step"])
+        self.has_start_hooks = bool(self._hooks["on_episode_start"])
 
     async def call(self, name: str, *args: Any) -> None:
         """Call hook ``name`` with ``args`` on each sink, in order."""
