@@ -31,14 +31,22 @@ from async_rollout._results import Trajectory
 from async_rollout._seeding import episode_seeds
 from async_rollout._sinks import RunInfo, SinkSet
 from async_rollout.recording import (
+    EpisodeJournal,
     EventLogSink,
     OutputDir,
     TrajectorySink,
+    _npz,
+    _trajectories,
+    _writer,
+    _writer_child,
     iter_trajectories,
     load_trajectory,
     prepare_output_dir,
     write_trajectory,
 )
+from async_rollout.recording._journal import episode_record
+from async_rollout.recording._json import dumps
+from async_rollout.recording._writer import FileWriter, WriterError
 from async_rollout.testing import ScriptedEnv
 
 pytestmark = pytest.mark.anyio
@@ -639,3 +647,139 @@ def test_no_pickle_in_trajectory_files(tmp_path: Path) -> None:
         for name in z.files:
             assert not z[name].dtype.hasobject
     assert os.listdir(tmp_path) == ["e.npz"]
+
+
+# ---------------------------------------------------------------- the writer process
+
+
+def _plain_trajectory(n: int = 4) -> Trajectory:
+    return Trajectory(
+        [np.arange(3, dtype=np.float32) + i for i in range(n + 1)],
+        [np.int64(i % 2) for i in range(n)],
+        np.arange(n, dtype=np.float64),
+        np.zeros(n, bool),
+        np.array([False] * (n - 1) + [True]),
+        [{"i": i} for i in range(n + 1)],
+    )
+
+
+async def test_writer_process_lays_out_the_archive_numpy_savez_would(tmp_path: Path) -> None:
+    """A file the writer process laid out is byte for byte the one encoded in-process."""
+    traj = _plain_trajectory()
+    arrays = _trajectories._arrays(traj, {"index": 3})
+    expected = _npz.npz_bytes(arrays)
+    payload = _npz.archive_payload(arrays)
+    assert expected is not None
+    assert payload is not None
+    writer = FileWriter()
+    writer.acquire()
+    await writer.start()
+    writer.write_archive(str(tmp_path / "a.npz"), payload)
+    await writer.release()
+    assert (tmp_path / "a.npz").read_bytes() == expected
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["observations"], np.stack(traj.observations))
+    assert names_in(tmp_path) == ["a.npz"]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        EpisodeResult(3, 11, 12, 2.5, 4, True, False, wall_time_s=0.25, metrics={"a": 1.0}),
+        EpisodeResult(4, None, None, float("nan"), 0, False, True, "env_error", 'b "ü"\n'),
+        # Not plain values: the sinks format these lines themselves.
+        EpisodeResult(5, 1, 2, np.float64(-1.5), 2, np.bool_(True), False, metrics={"m": 2.0}),
+    ],
+)
+def test_lines_the_writer_formats_are_the_sinks_lines(
+    tmp_path: Path, result: EpisodeResult
+) -> None:
+    """Journal and event lines made by the writer process equal the ones the sinks would make."""
+    journal = EpisodeJournal(tmp_path, trajectories=False)
+    events = EventLogSink(tmp_path)
+    events.on_episode_start(EpisodeContext(result.index, result.env_seed, result.agent_seed))
+    journal.on_episode_end(result)
+    events.on_episode_end(result)
+    journal.close()
+    events.close()
+    (line,) = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    assert line == dumps(episode_record(result, None))
+    start, end = events_of(tmp_path)
+    assert start["event"] == "episode_start"
+    assert (start["index"], start["env_seed"], start["attempt"]) == (
+        result.index,
+        result.env_seed,
+        1,
+    )
+    assert end["event"] == "episode_end"
+    assert end["return"] == result.total_reward or np.isnan(result.total_reward)
+    assert end["terminated"] is bool(result.terminated)
+
+
+async def test_a_failed_write_stops_the_run(tmp_path: Path) -> None:
+    """A file the writer cannot make is a WriterError (an OSError) naming it, at the run's end."""
+    writer = FileWriter()
+    writer.acquire()
+    await writer.start()
+    writer.write(str(tmp_path / "missing" / "a.npz"), b"data")
+    writer.append(str(tmp_path / "log.jsonl"), "{}\n")
+    with pytest.raises(WriterError, match=r"missing/a\.npz.*FileNotFoundError"):
+        await writer.release()
+    # The rest was written.
+    assert (tmp_path / "log.jsonl").read_text() == "{}\n"
+
+
+async def test_a_writer_process_that_died_is_an_error(tmp_path: Path) -> None:
+    """Writing to a writer process that ended is a WriterError saying so, never a hang."""
+    writer = FileWriter()
+    writer.acquire()
+    await writer.start()
+    process = writer._process
+    assert process is not None
+    process.kill()
+    process.wait()
+
+    async def keep_writing() -> None:
+        # The pipe takes a while before the dead reader shows: write until it does.
+        for _ in range(1000):
+            writer.append(str(tmp_path / "log"), "x" * 10000 + "\n")
+            await writer.wait()
+
+    with pytest.raises(WriterError, match="ended before the run did"):
+        await keep_writing()
+    with pytest.raises(WriterError):
+        await writer.release()
+
+
+async def test_recording_without_a_writer_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no process can be started, a thread of the rollout's process writes the same files."""
+    monkeypatch.setattr(_writer, "_helper_command", lambda: None)
+    out = await record(tmp_path / "thread", scripted(episode_length=3, dict_obs=True), 6)
+    assert out.sinks
+    monkeypatch.undo()
+    await record(tmp_path / "process", scripted(episode_length=3, dict_obs=True), 6)
+    same_recording(tmp_path / "thread", tmp_path / "process")
+    assert contents_of(tmp_path / "thread" / "trajectories") == contents_of(
+        tmp_path / "process" / "trajectories"
+    )
+
+
+def contents_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_partial_last_frame_is_dropped(tmp_path: Path) -> None:
+    """Input cut mid-frame (a killed rollout) leaves no file and no temporary file behind."""
+    path = str(tmp_path / "f.npz")
+    encoded = path.encode()
+    frame = _writer_child.HEADER.pack(_writer_child.FILE, len(encoded), 6) + encoded + b"abcdef"
+    reports: list[str] = []
+    handler = _writer_child.FrameHandler(reports.append)
+    handler.feed(frame)
+    handler.feed(frame[:-3].replace(b"f.npz", b"g.npz"))
+    handler.close()
+    assert names_in(tmp_path) == ["f.npz"]
+    assert (tmp_path / "f.npz").read_bytes() == b"abcdef"
+    assert reports == []

@@ -1,11 +1,13 @@
 """The episode journal (``episodes.jsonl``): what resume reads to know which episodes are done.
 
-One JSON object per finished episode, appended and flushed as the episode
-ends. A process killed mid-write leaves at most a partial last line, which
-readers skip. A line names the episode's trajectory file, if one is to be
-written; the file may still be queued when the line is written, so resume
-counts an episode as done only when that file exists too. Cancelled episodes
-are not journaled: resume plays them again.
+One JSON object per finished episode, handed to the writer (see
+:mod:`._writer`) as the episode ends, right after its trajectory file: the
+writer process appends the line once the file is written. A process killed
+mid-write leaves at most a partial last line, which readers skip. A line
+names the episode's trajectory file, if it has one; resume counts an
+episode as done only when that file exists too (a file written by a worker
+thread, or by an older version, may lag its line). Cancelled episodes are
+not journaled: resume plays them again.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .._results import EpisodeResult, RolloutResult
 from .._sinks import RunInfo, Sink
 from .._types import OUTCOMES
 from ._json import dumps
 from ._trajectories import TRAJECTORIES_DIR, trajectory_name
+from ._writer import FileWriter
+from ._writer_child import JOURNAL_LINE
 
 __all__ = ["JOURNAL", "EpisodeJournal", "episode_from_record", "episode_record", "read_journal"]
 
@@ -125,46 +129,69 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 class EpisodeJournal(Sink):
-    """Appends one line per finished (not cancelled) episode to ``episodes.jsonl``, flushed.
+    """Appends one line per finished (not cancelled) episode to ``episodes.jsonl``.
+
+    The line is formatted on the event loop as the episode ends and handed
+    to the output directory's :class:`~._writer.FileWriter` (after the
+    episode's trajectory file, which is written first), whose helper process
+    appends it.
 
     Args:
         output_dir: The output directory.
         trajectories: Whether trajectory files are written for this run (the
             journal notes each episode's file, which resume checks).
+        writer: The writer to use (shared by the sinks of an output
+            directory); None: a writer of its own.
+        flush: Send each line to the writer at once; False: leave it for
+            the next sink sharing the writer (which must flush).
     """
 
-    def __init__(self, output_dir: str | os.PathLike[str], *, trajectories: bool) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        *,
+        trajectories: bool,
+        writer: FileWriter | None = None,
+        flush: bool = True,
+    ) -> None:
         self.path = Path(output_dir) / JOURNAL
         self.trajectories = trajectories
-        self._file: IO[str] | None = None
+        self.flush = flush
+        self._writer = writer if writer is not None else FileWriter()
+        self._file = str(self.path)
 
-    def on_run_start(self, run: RunInfo) -> None:
-        """Open the journal for appending."""
-        self._open()
+    async def on_run_start(self, run: RunInfo) -> None:
+        """Start the writer; create the journal if it does not exist yet."""
+        self._writer.acquire()
+        self._writer.append(self._file, "")
+        await self._writer.start()
 
-    def _open(self) -> IO[str]:
-        if self._file is None or self._file.closed:
-            self._file = open(self.path, "a", encoding="utf-8")
-        return self._file
-
-    def on_episode_end(self, result: EpisodeResult) -> None:
-        """Append ``result`` and flush, unless it was cancelled."""
+    def on_episode_end(self, result: EpisodeResult) -> Awaitable[None] | None:
+        """Queue ``result``'s line, unless it was cancelled."""
         if result.outcome == "cancelled":
-            return
+            return None
         trajectory = None
         if self.trajectories and result.trajectory is not None:
             trajectory = f"{TRAJECTORIES_DIR}/{trajectory_name(result.index)}"
-        f = self._open()
-        # A small append per episode: cheap enough to do on the loop, and flushed so
-        # that a killed process loses at most this line.
-        f.write(dumps(episode_record(result, trajectory)) + "\n")
-        f.flush()
+        writer = self._writer
+        writer.check()
+        r = result
+        outcome = (r.total_reward, r.length, r.terminated, r.truncated, r.outcome, r.error)
+        times = (r.wall_time_s, r.env_time_s, r.policy_time_s)
+        ids = (JOURNAL_LINE, r.index, r.env_seed, r.agent_seed)
+        record = (*ids, *outcome, *times, r.metrics, trajectory)
+        try:
+            # The writer process formats the line (the same as episode_record's).
+            writer.append_records(self._file, [record], flush=self.flush)
+        except ValueError:  # values that are not plain (numpy scalars, say)
+            line = dumps(episode_record(result, trajectory)) + "\n"
+            writer.append(self._file, line, flush=self.flush)
+        return writer.wait() if writer.waiting else None
 
-    def on_run_end(self, result: RolloutResult) -> None:
-        """Close the journal."""
-        self.close()
+    async def on_run_end(self, result: RolloutResult) -> None:
+        """Release the writer: the last of its sinks waits for every line, raises a failure."""
+        await self._writer.release()
 
     def close(self) -> None:
-        """Close the file (idempotent; the next episode opens it again)."""
-        if self._file is not None:
-            self._file.close()
+        """Write what is queued, blocking (the next run starts the writer again)."""
+        self._writer.close()

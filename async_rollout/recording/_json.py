@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 
 from .._types import to_container
 from .._version import __version__
+from ._writer_child import iso_time as _iso_time
 
 __all__ = [
     "atomic_write_text",
     "config_hash",
     "dumps",
+    "iso_time",
     "package_versions",
     "plain_config",
     "timestamp",
@@ -57,19 +60,46 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     return repr(value)
 
 
+def _make_encoder() -> Any:
+    """The C encoder :func:`json.dumps` builds on every call, built once (None without it)."""
+    try:
+        from _json import encode_basestring_ascii, make_encoder
+    except ImportError:  # pragma: no cover - CPython always has it
+        return None
+    # No circular-reference markers: a cycle ends in RecursionError, handled by dumps.
+    return make_encoder(
+        None, to_jsonable, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+
+_ENCODE = _make_encoder()
+
+
 def dumps(value: Any) -> str:
     """One line of JSON (no newline inside), converted as by :func:`to_jsonable`.
 
     The common case (plain dicts, lists, numbers, strings) goes straight to the
-    C encoder; only what it cannot take is converted. Non-finite floats are
-    written as ``NaN``/``Infinity``, as Python's :mod:`json` (and pandas) read
-    them back, rather than silently becoming null.
+    C encoder, built once rather than per call as :func:`json.dumps` does; only
+    what it cannot take is converted. Non-finite floats are written as
+    ``NaN``/``Infinity``, as Python's :mod:`json` (and pandas) read them back,
+    rather than silently becoming null.
     """
     try:
-        return json.dumps(value, separators=(",", ":"), default=to_jsonable)
-    except (TypeError, ValueError):
+        if _ENCODE is not None:
+            return "".join(_ENCODE(value, 0))
+        return json.dumps(value, separators=(",", ":"), default=to_jsonable)  # pragma: no cover
+    except (TypeError, ValueError, RecursionError):
         # Keys json cannot take (tuples, ...) or a circular structure.
         return json.dumps(to_jsonable(value), separators=(",", ":"), default=repr)
+
+
+def iso_time(when: float | None = None) -> str:
+    """A :func:`time.time` value (default: now) as ISO 8601 text in UTC, with microseconds.
+
+    ``datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")``,
+    cheaper (the writer process formats the event log's times the same way).
+    """
+    return _iso_time(time.time() if when is None else when)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

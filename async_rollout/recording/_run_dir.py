@@ -8,10 +8,15 @@ Layout of an output directory::
     events.jsonl          the event log (record_event_logs)
     trajectories/         episode_000017.npz per finished episode (record_trajectory)
 
-Every file is either appended line by line and flushed (``*.jsonl``) or
-written under a temporary name (``.NAME.tmp``) and renamed, so a process
-killed at any moment leaves whole files and at most one partial line per log.
-That holds for the process dying, not the machine: nothing is fsync'ed.
+Every file is either appended line by line (``*.jsonl``) or written under a
+temporary name (``.NAME.tmp``) and renamed, so a process killed at any moment
+leaves whole files and at most one partial line per log. During a run the
+trajectories and log lines are written by a helper process that the event
+loop hands them to at every episode end (:mod:`._writer`); what was handed
+over is written even if the rollout's process is killed right after. That
+holds for processes dying, not the machine: nothing is fsync'ed (an fsync
+per file would cost more than the rest of the recording; a crash of the
+machine may lose the last seconds, which resume plays again).
 
 Resume trusts the journal (``episodes.jsonl``): an episode is done when it
 has a line there and, if that line names a trajectory file, the file exists.
@@ -38,6 +43,7 @@ from ._journal import JOURNAL, EpisodeJournal, episode_from_record, read_journal
 from ._json import atomic_write_text, config_hash, dumps, package_versions, timestamp
 from ._stats import StatsFileSink
 from ._trajectories import TRAJECTORIES_DIR, TrajectorySink
+from ._writer import FileWriter
 
 __all__ = ["MANIFEST", "OutputDir", "prepare_output_dir"]
 
@@ -289,10 +295,17 @@ def prepare_output_dir(
         atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     if record_trajectory:
         (path / TRAJECTORIES_DIR).mkdir(exist_ok=True)
+    # One writer for the directory. An episode's file and lines go to it in one write:
+    # each sink leaves its part for the next, and the last one sends them.
+    writer = FileWriter()
     sinks: list[Sink] = []
     if record_trajectory:
-        sinks.append(TrajectorySink(path / TRAJECTORIES_DIR))
-    sinks.append(EpisodeJournal(path, trajectories=record_trajectory))
+        sinks.append(TrajectorySink(path / TRAJECTORIES_DIR, writer=writer, flush=False))
+    sinks.append(
+        EpisodeJournal(
+            path, trajectories=record_trajectory, writer=writer, flush=not record_event_logs
+        )
+    )
     if record_event_logs:
         sinks.append(
             EventLogSink(
@@ -302,6 +315,7 @@ def prepare_output_dir(
                 agent_seeds=agent_list,
                 done=done,
                 config_hash=config_hash(config),
+                writer=writer,
             )
         )
     sinks.append(

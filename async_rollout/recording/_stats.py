@@ -15,10 +15,17 @@ import anyio.to_thread
 from .._results import EpisodeResult, RolloutResult
 from .._sinks import RunInfo, Sink
 from ._journal import episode_record
-from ._json import atomic_write_text, config_hash, package_versions, plain_config, timestamp
+from ._json import (
+    atomic_write_text,
+    config_hash,
+    dumps,
+    package_versions,
+    plain_config,
+    timestamp,
+)
 from ._trajectories import TRAJECTORIES_DIR, trajectory_name
 
-__all__ = ["STATS", "StatsFileSink", "merge_results"]
+__all__ = ["STATS", "StatsFileSink", "merge_results", "stats_text"]
 
 #: The stats file's name in an output directory.
 STATS = "stats.json"
@@ -140,8 +147,23 @@ class StatsFileSink(Sink):
     async def on_run_end(self, result: RolloutResult) -> None:
         """Write ``stats.json`` (through a temporary name, in a worker thread)."""
         document = self.document(result)
+        await anyio.to_thread.run_sync(atomic_write_text, self.path, stats_text(document))
 
-        def write() -> None:
-            atomic_write_text(self.path, json.dumps(document, indent=2, default=repr) + "\n")
 
-        await anyio.to_thread.run_sync(write)
+def stats_text(document: Mapping[str, Any]) -> str:
+    """The text of ``stats.json``: indented, with one line per episode.
+
+    ``json.dumps(indent=2)`` takes Python's slow encoder (the C one does not
+    indent) and writes each episode over sixteen lines: ~30 ms for 2000
+    episodes, a tenth of what recording them costs. Here only the top level
+    is indented and each episode is one line from the C encoder.
+    """
+    head = {key: value for key, value in document.items() if key != "episodes"}
+    text = json.dumps(head, indent=2, default=repr)
+    episodes = document.get("episodes")
+    if episodes is None:
+        return text + "\n"
+    lines = ",\n".join(f"    {dumps(episode)}" for episode in episodes)
+    listed = f"[\n{lines}\n  ]" if lines else "[]"
+    # The head ends with "\n}": the episodes go in as its last key.
+    return f'{text[:-2]},\n  "episodes": {listed}\n}}\n' if head else f'{{"episodes": {listed}}}\n'

@@ -33,8 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -46,7 +45,8 @@ import numpy as np
 from .._results import EpisodeResult, RolloutResult, Trajectory
 from .._sinks import RunInfo, Sink
 from ._json import dumps
-from ._npz import npz_bytes
+from ._npz import archive_payload, npz_bytes
+from ._writer import FileWriter, temporary_name, write_file
 
 __all__ = [
     "TRAJECTORIES_DIR",
@@ -63,8 +63,11 @@ TRAJECTORIES_DIR = "trajectories"
 _FORMAT = "async-rollout/trajectory"
 _VERSION = 1
 _NAME = re.compile(r"episode_(\d+)\.npz")
-#: Episodes whose observations take at most this many bytes are encoded on the loop.
+_NUMBERS = (int, float, np.generic)
+#: Episodes whose observations take more bytes are encoded and written in a worker thread.
 INLINE_ENCODE_BYTES = 256 * 1024
+#: An archive member: an array, or JSON text as bytes (stored as a uint8 array).
+Member = np.ndarray[Any, Any] | bytes
 
 
 def trajectory_name(index: int) -> str:
@@ -77,8 +80,9 @@ def _escape(key: str) -> str:
     return quote(key, safe="")
 
 
-def _json_bytes(value: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    return np.frombuffer(dumps(value).encode("utf-8"), dtype=np.uint8)
+def _json_bytes(value: Any) -> bytes:
+    # Stored as a uint8 array (npz_bytes takes the bytes as they are).
+    return dumps(value).encode("utf-8")
 
 
 def _from_json_bytes(array: np.ndarray[Any, Any]) -> Any:
@@ -98,7 +102,7 @@ def _stack(values: list[Any]) -> np.ndarray[Any, Any] | None:
     return None if array.dtype.hasobject else array
 
 
-def _flatten(name: str, values: list[Any], out: dict[str, np.ndarray[Any, Any]]) -> Any:
+def _flatten(name: str, values: list[Any], out: dict[str, Member]) -> Any:
     """Store ``values`` (one per step) in ``out`` under ``name``; return how to rebuild them.
 
     The first value decides the structure. A node whose values do not all
@@ -106,7 +110,13 @@ def _flatten(name: str, values: list[Any], out: dict[str, np.ndarray[Any, Any]])
     stored as JSON, and only that node.
     """
     first = values[0] if values else None
-    if isinstance(first, Mapping):
+    if type(first) is np.ndarray or isinstance(first, _NUMBERS):
+        # The common cases first: a Box space's arrays, a Discrete space's numbers.
+        array = _stack(values)
+        if array is not None:
+            out[name] = array
+            return {"kind": "array", "key": name}
+    elif isinstance(first, Mapping):
         keys = list(first)
         names = [_escape(str(k)) for k in keys]
         if len(set(names)) == len(keys) and all(
@@ -130,6 +140,15 @@ def _flatten(name: str, values: list[Any], out: dict[str, np.ndarray[Any, Any]])
             return {"kind": "array", "key": name}
     out[name] = _json_bytes(values)
     return {"kind": "json", "key": name}
+
+
+#: The layout of Box (or Discrete) observations and actions, and its meta text.
+_PLAIN_LAYOUT = {
+    "observations": {"kind": "array", "key": "observations"},
+    "actions": {"kind": "array", "key": "actions"},
+}
+_PLAIN_LAYOUT_JSON = f'"layout":{dumps(_PLAIN_LAYOUT)}'
+_PLAIN_META = dumps({"format": _FORMAT, "version": _VERSION})[:-1] + ',"length":'
 
 
 def _restore(tree: Any, archive: Any, n: int) -> list[Any]:
@@ -161,49 +180,53 @@ def episode_meta(result: EpisodeResult) -> dict[str, Any]:
     }
 
 
-def _arrays(
-    trajectory: Trajectory, episode: Mapping[str, Any] | None
-) -> dict[str, np.ndarray[Any, Any]]:
-    """The archive members of a trajectory file."""
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
+def _arrays(trajectory: Trajectory, episode: Mapping[str, Any] | None) -> dict[str, Member]:
+    """The archive members of a trajectory file (JSON members as bytes)."""
+    arrays: dict[str, Member] = {}
+    observations, actions = trajectory.observations, trajectory.actions
     layout = {
-        "observations": _flatten("observations", list(trajectory.observations), arrays),
-        "actions": _flatten("actions", list(trajectory.actions), arrays),
+        "observations": _flatten(
+            "observations",
+            observations if type(observations) is list else list(observations),
+            arrays,
+        ),
+        "actions": _flatten("actions", actions if type(actions) is list else list(actions), arrays),
     }
     arrays["rewards"] = np.asarray(trajectory.rewards, dtype=np.float64)
     arrays["terminated"] = np.asarray(trajectory.terminated, dtype=np.bool_)
     arrays["truncated"] = np.asarray(trajectory.truncated, dtype=np.bool_)
-    arrays["infos"] = _json_bytes(list(trajectory.infos))
+    infos = trajectory.infos
+    arrays["infos"] = _json_bytes(infos if type(infos) is list else list(infos))
+    episode = episode if type(episode) is dict or episode is None else dict(episode)
+    if layout == _PLAIN_LAYOUT:
+        # The common layout's text is known: only the length and the episode vary.
+        text = f"{_PLAIN_META}{len(actions)},{_PLAIN_LAYOUT_JSON},"
+        arrays["meta"] = f'{text}"episode":{dumps(episode)}}}'.encode()
+        return arrays
     meta = {
         "format": _FORMAT,
         "version": _VERSION,
-        "length": len(trajectory.actions),
+        "length": len(actions),
         "layout": layout,
-        "episode": dict(episode) if episode is not None else None,
+        "episode": episode,
     }
     arrays["meta"] = _json_bytes(meta)
     return arrays
 
 
-def _put(path: Path, arrays: Mapping[str, np.ndarray[Any, Any]], data: bytes | None) -> None:
+def _put(path: Path, arrays: Mapping[str, Member], data: bytes | None) -> None:
     """Write the archive (``data``, else ``numpy.savez``) to a temporary name, then rename it."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    if data is None:
-        with open(tmp, "wb") as f:
-            # Typed as Any: numpy's stubs read ``**arrays`` as possibly its ``allow_pickle`` flag.
-            entries: dict[str, Any] = dict(arrays)
-            np.savez(f, **entries)
-    else:
-        # A bare descriptor: the buffered file object costs more than the write for
-        # small files, and this runs once per episode while holding the GIL in between.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+    if data is not None:
+        write_file(str(path), data)
+        return
+    tmp = temporary_name(str(path))
+    with open(tmp, "wb") as f:
+        # Typed as Any: numpy's stubs read ``**arrays`` as possibly its ``allow_pickle`` flag.
+        entries: dict[str, Any] = {
+            name: np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else value
+            for name, value in arrays.items()
+        }
+        np.savez(f, **entries)
     os.replace(tmp, path)
 
 
@@ -306,99 +329,82 @@ def iter_trajectories(output_dir: str | os.PathLike[str]) -> Iterator[tuple[int,
         yield index, load_trajectory(path)
 
 
-def _run_jobs(jobs: list[Callable[[], None]]) -> None:
-    """Run every job, then raise the first failure (one bad file does not lose the others)."""
-    failure: Exception | None = None
-    for job in jobs:
-        try:
-            job()
-        except Exception as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
-
-
 class TrajectorySink(Sink):
     """Writes each finished episode's trajectory to ``<folder>/episode_<index>.npz``.
 
     The trajectory comes from :attr:`EpisodeResult.trajectory` (the run must
     record trajectories); the sink strips nothing from the result.
 
-    An episode's worker does not wait for its file. Short episodes (at most
-    ``INLINE_ENCODE_BYTES`` of observations) are encoded on the loop, which
-    takes tens of microseconds; longer ones in the thread. Files are written
-    in batches by one worker thread at a time: a thread round trip costs more
-    than writing a small file, so batching is what keeps recording cheap. The
-    worker whose episode finds no batch in progress drives the writing until
-    the queue is empty, so one episode slot at a time lends its time to the
-    disk. When more than ``max_pending`` files wait, episodes ending wait for
-    a batch to finish: a slow disk slows the rollout rather than piling
-    trajectories up in memory. The run's end waits for every file.
+    An episode's worker does not wait for its file. A short episode (at most
+    ``INLINE_ENCODE_BYTES`` of observations) is encoded on the loop as it
+    ends (a few tens of microseconds) and handed to the output directory's
+    :class:`~._writer.FileWriter`, whose helper process writes the file.
+    Longer ones are encoded and written in a worker thread, which the
+    episode's worker waits for. When the writer's pipe is full, episodes
+    ending wait until the helper catches up: a slow disk slows the rollout
+    rather than piling trajectories up in memory. The run's end waits for
+    every file.
 
-    A failed write (a full disk, say) is raised, after the rest of its batch
-    was tried, from the ``on_episode_end`` of the episode that drove the
-    writing: a recording that cannot be written stops the run rather than
-    silently missing episodes.
+    A failed write (a full disk, say) is raised from the ``on_episode_end``
+    of a later episode (or the run's end): a recording that cannot be
+    written stops the run rather than silently missing episodes.
 
     Args:
         folder: Where the files go (created if missing).
-        max_pending: Files queued before ending episodes wait for the disk.
+        max_pending: Accepted for compatibility: the writer's pipe (1 MiB)
+            now bounds what waits to be written.
+        writer: The writer to use (shared by the sinks of an output
+            directory); None: a writer of its own.
+        flush: Send each file to the writer at once; False: leave it for
+            the next sink sharing the writer, which sends the episode's
+            items in one go (it must flush).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        max_pending: int = 64,
+        writer: FileWriter | None = None,
+        flush: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.max_pending = max_pending
-        self._pending: list[Callable[[], None]] = []
-        self._writing = False
-        self._batch_done: anyio.Event | None = None
+        self.flush = flush
+        self._writer = writer if writer is not None else FileWriter()
+        self._prefix = os.path.join(str(self.folder), "")
 
-    def on_run_start(self, run: RunInfo) -> None:
-        """Create the folder."""
+    async def on_run_start(self, run: RunInfo) -> None:
+        """Create the folder and start the writer."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._writer.acquire()
+        await self._writer.start()
 
-    async def on_episode_end(self, result: EpisodeResult) -> None:
-        """Queue ``result.trajectory`` unless the episode was cancelled or never started."""
+    def on_episode_end(self, result: EpisodeResult) -> Awaitable[None] | None:
+        """Queue ``result.trajectory`` unless the episode was cancelled or never started.
+
+        Returns an awaitable only when the caller has to wait: for a long
+        episode's file, or for the writer to catch up.
+        """
         trajectory = result.trajectory
         if result.outcome == "cancelled" or trajectory is None:
-            return
-        path = self.folder / trajectory_name(result.index)
-        episode = episode_meta(result)
-        size = _nbytes(trajectory.observations[0]) * len(trajectory.observations)
-        if size <= INLINE_ENCODE_BYTES:
-            arrays = _arrays(trajectory, episode)
-            self._pending.append(partial(_put, path, arrays, npz_bytes(arrays)))
-        else:
-            self._pending.append(partial(write_trajectory, path, trajectory, episode))
-        if not self._writing:
-            await self._write_pending()
-            return
-        while self._writing and len(self._pending) > self.max_pending:
-            if self._batch_done is None:
-                self._batch_done = anyio.Event()
-            await self._batch_done.wait()
-
-    async def _write_pending(self) -> None:
-        self._writing = True
-        try:
-            # Shielded: a thread cannot be stopped, and queued files belong to
-            # episodes that finished; a cancelled run still gets them.
-            with anyio.CancelScope(shield=True):
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    try:
-                        await anyio.to_thread.run_sync(_run_jobs, batch)
-                    finally:
-                        if self._batch_done is not None:
-                            self._batch_done.set()
-                            self._batch_done = None
-        finally:
-            self._writing = False
+            return None
+        writer = self._writer
+        writer.check()
+        path = self._prefix + trajectory_name(result.index)
+        observations = trajectory.observations
+        if _nbytes(observations[0]) * len(observations) > INLINE_ENCODE_BYTES:
+            return anyio.to_thread.run_sync(
+                write_trajectory, path, trajectory, episode_meta(result)
+            )
+        arrays = _arrays(trajectory, episode_meta(result))
+        payload = archive_payload(arrays)
+        if payload is None:  # pragma: no cover - headers beyond a version 1.0 .npy
+            return anyio.to_thread.run_sync(_put, Path(path), arrays, None)
+        # The helper process lays the archive out (CRCs, ZIP headers): less work here.
+        writer.write_archive(path, payload, flush=self.flush)
+        return writer.wait() if writer.waiting else None
 
     async def on_run_end(self, result: RolloutResult) -> None:
-        """Wait until every queued file is written."""
-        while self._writing:
-            if self._batch_done is None:
-                self._batch_done = anyio.Event()
-            await self._batch_done.wait()
-        if self._pending:
-            await self._write_pending()
+        """Release the writer: the last of its sinks waits for every file, raises a failure."""
+        await self._writer.release()
