@@ -430,6 +430,9 @@ def env_factory(
             ``_target_`` mapping, or a Maze-style ``{class or path: kwargs}``
             mapping. ``gymnasium.Wrapper`` subclasses wrap the gymnasium env
             before adaptation and must come before any ``AsyncEnvWrapper``.
+            With ``offload="process"`` the wrappers before the first
+            ``AsyncEnvWrapper`` wrap the env in the child process, so they
+            must be importable and their arguments JSON; the others run here.
         offload: ``"inline"``, ``"thread"`` or ``"process"`` (see :func:`wrap_env`).
         max_episode_steps: Truncate episodes after this many steps; None or 0
             sets no limit of the factory's own.
@@ -453,7 +456,12 @@ def env_factory(
     if offload == "process":
         from .remote._process import process_env_maker
 
-        make = process_env_maker(spec)
+        # The wrappers before the first async one wrap the gymnasium env, as inline: they
+        # travel to the child (by dotted path) and wrap the env there.
+        first_async = next((i for i, w in enumerate(resolved) if w[2] == "async"), len(resolved))
+        shipped = [(fn, kwargs) for fn, kwargs, _ in resolved[:first_async]]
+        make = process_env_maker(spec, shipped)
+        resolved = resolved[first_async:]
     else:
         make = _maker(spec)
     return EnvFactory(

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -34,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from async_rollout import RandomPolicy, RolloutRunner
+from async_rollout import RandomPolicy, RolloutRunner, Sink
 from async_rollout.remote import RemoteEnv, serve_env
 
 from ._common import (
@@ -242,6 +243,7 @@ def _cpu_child(args: dict[str, Any]) -> dict[str, Any]:
         from async_rollout import env_factory
 
         startup = 0.0
+        pids: list[int] = []
         if kind == "process":
             t0 = time.perf_counter()
             factory = env_factory(spec, offload="process")
@@ -250,19 +252,51 @@ def _cpu_child(args: dict[str, Any]) -> dict[str, Any]:
                 for env in envs:
                     tg.start_soon(env.connect)  # type: ignore[attr-defined]
             startup = time.perf_counter() - t0
+            pids = [env.pid for env in envs]  # type: ignore[attr-defined]
             make: Any = lambda worker_index: envs[worker_index]  # noqa: E731
         else:
             make = spec
-        t0 = time.perf_counter()
-        runner = RolloutRunner(episodes, concurrency=concurrency)
+        children = _ChildrenCpu(pids)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        runner = RolloutRunner(episodes, concurrency=concurrency, sinks=[children])
         result = await runner.run_with(make, agent=policy)
-        wall = time.perf_counter() - t0
-        assert result.summary["total_steps"] == episodes * length, result.summary
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        steps = episodes * length
+        assert result.summary["total_steps"] == steps, result.summary
         returns = [e.total_reward for e in result.episodes]
-        return {"wall_s": wall, "startup_s": startup, "returns": returns}
+        return {
+            "wall_s": wall,
+            "startup_s": startup,
+            "returns": returns,
+            "parent_us": cpu / steps * 1e6,
+            "children_us": children.used() / steps * 1e6,
+        }
 
     answer: dict[str, Any] = anyio.run(main)
     return answer
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _ChildrenCpu(Sink):
+    """CPU time the env processes use during the run (read at each episode end, before close)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.start = {pid: _cpu_seconds(pid) for pid in pids}
+        self.last = dict(self.start)
+
+    def on_episode_end(self, result: Any) -> None:
+        for pid in self.last:
+            with suppress(OSError):
+                self.last[pid] = _cpu_seconds(pid)
+
+    def used(self) -> float:
+        return sum(self.last[pid] - self.start[pid] for pid in self.start)
 
 
 def _run_cpu_child(args: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +307,10 @@ def _run_cpu_child(args: dict[str, Any]) -> dict[str, Any]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    with PssSampler(proc.pid) as sampler:
+    # Not every 20 ms as elsewhere: a sample of this process tree costs ~2 ms of CPU (smaps_rollup
+    # of 3 processes), which at 20 ms took ~10% of a core from the candidates that use both
+    # cores, and barely any from inline. PSS is flat after start-up: 4 samples a second find it.
+    with PssSampler(proc.pid, interval=PSS_INTERVAL_S) as sampler:
         out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"the CPU benchmark child {args['kind']} failed")
@@ -300,6 +337,9 @@ def _parallel_ceiling(iterations: int, steps: int) -> float:
         proc.wait()
     return sequential / (time.perf_counter() - t0)
 
+
+#: Seconds between PSS samples of a CPU-bound repetition's process tree.
+PSS_INTERVAL_S = 0.25
 
 CPU_CANDIDATES = {
     "inline": ("inline", 1),
@@ -360,6 +400,17 @@ def _cpu_rows(settings: Settings, section: Section) -> None:
                 inline / (wall[name] + startup),
             ),
         ]
+    cpu_text = "; ".join(
+        f"{name}: parent {median(a['parent_us'] for a in extra[name]):.0f}"
+        + (
+            f" + envs {median(a['children_us'] for a in extra[name]):.0f}"
+            if kind != "inline"
+            else ""
+        )
+        for name, (kind, _) in CPU_CANDIDATES.items()
+        if kind != "vector"
+    )
+    section.rows.append(Row("R", f"{what}: CPU us per step", cpu_text, None))
     vector = wall["AsyncVectorEnv(2)"]
     ceiling = median(_parallel_ceiling(iterations, 800) for _ in range(settings.reps))
     section.rows += [
@@ -389,11 +440,13 @@ def _cpu_rows(settings: Settings, section: Section) -> None:
 # --------------------------------------------------------------------------- the section
 
 
-def run(settings: Settings) -> Section:
+SECTIONS = {"round-trip": _round_trip_rows, "latency": _latency_rows, "cpu": _cpu_rows}
+
+
+def run(settings: Settings, sections: tuple[str, ...] = tuple(SECTIONS)) -> Section:
     section = Section("R", "Remote environments and process offload")
-    _round_trip_rows(settings, section)
-    _latency_rows(settings, section)
-    _cpu_rows(settings, section)
+    for name in sections:
+        SECTIONS[name](settings, section)
     section.notes += [
         "Round trips: the server is a subprocess (serve_env of ScriptedEnv without latency); "
         "the clients are RemoteEnv in this process, connected and reset before the clock "
@@ -401,13 +454,17 @@ def run(settings: Settings) -> Section:
         "Latency: the runner with RandomPolicy on both sides; remote = one RemoteEnv session per "
         "worker on a serve_env subprocess (connections included in the time), in-process = "
         "ScriptedEnv made by the runner; asyncio backend.",
-        "CPU: BurnEnv burns a pure-Python loop calibrated to ~1 ms of CPU on this machine; "
-        "each repetition is a fresh subprocess (interleaved), PSS sampled every 20 ms over its "
-        "process tree. offload='process': one child per worker (2 or 4), started and connected "
-        "before the clock (their start-up is reported apart); at c=2 each child idles while "
-        "its step's reply travels and the parent picks the next action, so c=4 keeps both "
+        "CPU: BurnEnv burns a pure-Python loop calibrated to ~1 ms of CPU on this machine; each "
+        "repetition is a fresh subprocess (interleaved), PSS sampled every 250 ms over its "
+        "process tree (a sample costs ~2 ms of CPU there: every 20 ms it slowed the candidates "
+        "that use both cores). offload='process': one child per worker (2 or 4), started and "
+        "connected before the clock (their start-up is reported apart); at c=2 each child idles "
+        "while its step's reply travels and the parent picks the next action, so c=4 keeps both "
         "cores busy. inline: the runner at concurrency 1. AsyncVectorEnv(2): reset + steps, "
-        "random actions, autoreset.",
+        "random actions, autoreset. CPU us per step: CPU time (user + system) of the benchmark's "
+        "process (the runner, and the env itself when inline) and of the env processes (read from"
+        " /proc at each episode end, before they are closed), over the steps taken; wall-time "
+        "ratios swing with other load on a shared machine, CPU per step much less.",
     ]
     return section
 
@@ -416,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 2 reps")
     parser.add_argument("--reps", type=int, help="repetitions per candidate (default 3)")
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=list(SECTIONS),
+        help="measure only this part (repeatable; default: all)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -427,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = Settings(quick=args.quick, reps=args.reps or (2 if args.quick else 3))
     t0 = time.perf_counter()
-    section = run(settings)
+    section = run(settings, tuple(args.section or SECTIONS))
     print()
     print("\n".join(table_lines(section.rows)))
     print()

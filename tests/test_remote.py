@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from async_rollout import RandomPolicy, RemoteEnvError, RolloutRunner
 from async_rollout.remote import PROTOCOL_VERSION, RemoteEnv, RemoteEnvState, serve_env
+from async_rollout.remote._spaces import describe_space
 from async_rollout.testing import EnvTracker, ScriptedEnv
 
 pytestmark = pytest.mark.anyio
@@ -138,6 +139,18 @@ async def test_over_the_wire_equals_local(kind: str) -> None:
                         assert_same(await remote.step(action), local.step(action))
 
 
+async def test_integer_actions_keep_their_type_over_the_wire(tmp_path: Any) -> None:
+    """Equal actions of different integer types stay apart (the client caches step frames)."""
+    path = str(tmp_path / "env.sock")
+    with anyio.fail_after(10):
+        async with serving(partial(SpacesEnv, "discrete"), path=path):
+            async with RemoteEnv(path=path) as env:
+                await env.reset(seed=0)
+                for action in (1, np.int64(1), 1, np.int32(1), np.int64(1)):
+                    *_, info = await env.step(action)
+                    assert info["action_type"] == type(action).__name__
+
+
 async def test_64_concurrent_sessions_match_the_local_rollout() -> None:
     """64 sessions on one server give the same episodes as the same rollout in-process."""
     tracker = EnvTracker()
@@ -163,6 +176,91 @@ async def test_unix_socket(tmp_path: Any) -> None:
                 assert info == {"step": 0}
                 assert (await env.step(0))[4] == {"step": 1}
                 assert await env.render() == "step 1/10"
+
+
+async def test_unix_socket_client_large_frames_and_limits(tmp_path: Any) -> None:
+    """The Unix socket client (its own stream on each backend) reads frames of any size."""
+    path = str(tmp_path / "env.sock")
+    local = ScriptedEnv(obs_shape=(300, 300))  # 360 KB observations: several reads each
+    with anyio.fail_after(20):
+        async with serving(partial(ScriptedEnv, obs_shape=(300, 300)), path=path):
+            async with RemoteEnv(path=path) as env:
+                assert_same(await env.reset(seed=4), await local.reset(seed=4))
+                for action in (1, 0, 1):
+                    assert_same(await env.step(action), await local.step(action))
+            async with RemoteEnv(path=path, max_frame_size=65536) as env:
+                with pytest.raises(RemoteEnvError, match=r"EncodeError.*exceeds"):
+                    await env.reset(seed=0)
+                assert await env.render() == "step 0/10"
+
+
+async def test_unix_socket_client_failures(tmp_path: Any) -> None:
+    """Over a Unix socket too: env errors, timeouts, reconnection, and a server that leaves."""
+    path = str(tmp_path / "env.sock")
+    tracker = EnvTracker()
+    factory = partial(ScriptedEnv, fail_at_step=2, hang_at_step=3, tracker=tracker)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(partial(serve_env, factory, path=path))
+            env = RemoteEnv(path=path, request_timeout=0.3)
+            await env.reset(seed=0)
+            await env.step(0)
+            with pytest.raises(RemoteEnvError, match="RuntimeError: scripted failure"):
+                await env.step(0)
+            with pytest.raises(RemoteEnvError, match=r"no reply from unix:.* within 0\.3s"):
+                await env.step(0)
+            assert env.state is RemoteEnvState.BROKEN
+            _, info = await env.reset(seed=0)
+            assert info == {"step": 0}
+            await wait_until(lambda: len(tracker.open) == 1)
+            tg.cancel_scope.cancel()
+        with pytest.raises(RemoteEnvError, match=r"step: the connection to unix:.* was lost"):
+            await env.step(0)
+        await env.close()
+    assert tracker.open == []
+
+
+async def fake_server(path: str, reply: bytes, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    """Answer a hello with a welcome, then anything with ``reply``, then hang up."""
+    spaces_ = {
+        "observation_space": describe_space(spaces.Discrete(2)),
+        "action_space": describe_space(spaces.Discrete(2)),
+    }
+    async with await anyio.create_unix_listener(path) as listener:
+        task_status.started()
+        stream = await listener.accept()
+        async with stream:
+            await read_frame(stream)
+            await stream.send(frame({"type": "welcome", "version": PROTOCOL_VERSION, **spaces_}))
+            await read_frame(stream)
+            await stream.send(reply)
+
+
+BAD_REPLIES = {
+    "huge prefix": r"broke the protocol: frame of 2147483648 bytes exceeds",
+    "empty frame": "broke the protocol: empty frame",
+    "cut short": r"was lost \(IncompleteRead",
+    "wrong type": "expected a 'reset' reply",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_REPLIES))
+async def test_unix_socket_client_refuses_bad_replies(tmp_path: Any, kind: str) -> None:
+    reply = {
+        "huge prefix": struct.pack(">I", 2**31),
+        "empty frame": struct.pack(">I", 0),
+        "cut short": struct.pack(">I", 100) + b"cut short",
+        "wrong type": frame({"type": "step"}),
+    }[kind]
+    path = str(tmp_path / "fake.sock")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fake_server, path, reply)
+            env = RemoteEnv(path=path)
+            with pytest.raises(RemoteEnvError, match=BAD_REPLIES[kind]):
+                await env.reset(seed=0)
+            assert env.state is RemoteEnvState.BROKEN
+            await env.close()
 
 
 async def test_spaces_before_connect_are_a_clear_error() -> None:

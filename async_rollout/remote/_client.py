@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
@@ -14,9 +15,12 @@ from typing import Any, NoReturn
 
 import anyio
 import gymnasium as gym
+import numpy as np
 from anyio.abc import ByteStream
 
 from ..errors import RemoteEnvError
+from ._asyncio_frames import AsyncioFrameStream
+from ._sockets import SocketFrameStream, connect_unix
 from ._spaces import conform, restore_space
 from ._wire import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -30,6 +34,16 @@ from ._wire import (
 __all__ = ["RemoteEnv", "RemoteEnvState"]
 
 logger = logging.getLogger("async_rollout")
+
+# A connection: anyio's streams for TCP and TLS; for a Unix socket, an asyncio transport on
+# asyncio and the socket itself elsewhere (see _open_frames).
+_Frames = FrameStream | SocketFrameStream | AsyncioFrameStream
+
+# Action types whose equal values have equal encodings, and how many step frames to keep.
+_INTEGER_TYPES = frozenset(
+    {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
+)
+_STEP_FRAMES_MAX = 256
 
 #: Seconds ``close()`` waits for the server to confirm that it closed the env.
 CLOSE_TIMEOUT_S = 2.0
@@ -80,6 +94,36 @@ class _SpacesUnknown(RemoteEnvError, AttributeError):
     (and ``isinstance`` checks against runtime protocols) see a missing
     attribute instead of an exception.
     """
+
+
+def _plain_step_reply(reply: dict[str, Any]) -> bool:
+    """A step reply with every field of the expected type (the common case, checked fast)."""
+    return (
+        type(reply.get("reward")) is float
+        and type(reply.get("terminated")) is bool
+        and type(reply.get("truncated")) is bool
+        and type(reply.get("info")) is dict
+        and "observation" in reply
+    )
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _exchange(
+    conn: FrameStream | SocketFrameStream, data: bytes, deadline: float
+) -> dict[str, Any]:
+    """Send a packed request and receive its reply by ``deadline`` (TimeoutError if not)."""
+    with anyio.CancelScope(deadline=deadline) as scope:
+        await conn.send_packed(data)
+        return await conn.receive()
+    assert scope.cancelled_caught
+    raise TimeoutError
 
 
 def _check_timeout(name: str, value: object) -> float:
@@ -148,10 +192,11 @@ class RemoteEnv:
         else:
             self.address = f"{'tls' if ssl_context else 'tcp'}://{host}:{port}"
         self._state = RemoteEnvState.IDLE
-        self._conn: FrameStream | None = None
+        self._conn: _Frames | None = None
         self._spaces: tuple[gym.Space[Any], gym.Space[Any]] | None = None
         self._failure: str | None = None
         self._busy = False
+        self._step_frames: dict[tuple[type, int], bytes] = {}
         #: What the server said about itself in the handshake (``"async-rollout/1.0"``).
         self.server_name: str | None = None
 
@@ -189,32 +234,39 @@ class RemoteEnv:
 
     @contextmanager
     def _failures(self, request: str, timeout: float) -> Iterator[None]:
-        """Map socket, stream and protocol failures during ``request`` to RemoteEnvError.
+        """Map socket, stream and protocol failures during ``request`` to RemoteEnvError."""
+        try:
+            yield
+        except BaseException as exc:
+            failure = self._failure_of(request, timeout, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    def _failure_of(self, request: str, timeout: float, exc: BaseException) -> BaseException:
+        """What to raise for ``exc``, raised during ``request``: ours, or ``exc`` itself.
 
         Any failure, cancellation included, leaves the stream out of step with
         the server (a reply may still be on its way), so the connection is
         marked broken: only a new session can be trusted.
         """
-        try:
-            yield
-        except RemoteEnvError:
-            raise  # already ours, and the state already says what it means
-        except _TRANSPORT_ERRORS as exc:
-            self._mark_broken(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            if isinstance(exc, TimeoutError):
-                reason = f"no reply from {self.address} within {timeout}s"
-            elif isinstance(exc, ProtocolError):
-                reason = f"{self.address} broke the protocol: {exc}"
-            elif request == "connect" and isinstance(exc, OSError):
-                reason = f"cannot connect to {self.address}: {exc}"
-            else:
-                reason = f"the connection to {self.address} was lost ({self._failure})"
-            raise RemoteEnvError(
-                f"{request}: {reason}{self._context()}", address=self.address, request=request
-            ) from exc
-        except BaseException:
+        if isinstance(exc, RemoteEnvError):
+            return exc  # already ours, and the state already says what it means
+        if not isinstance(exc, _TRANSPORT_ERRORS):
             self._mark_broken("interrupted mid-request")
-            raise
+            return exc
+        self._mark_broken(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        if isinstance(exc, TimeoutError):
+            reason = f"no reply from {self.address} within {timeout}s"
+        elif isinstance(exc, ProtocolError):
+            reason = f"{self.address} broke the protocol: {exc}"
+        elif request == "connect" and isinstance(exc, OSError):
+            reason = f"cannot connect to {self.address}: {exc}"
+        else:
+            reason = f"the connection to {self.address} was lost ({self._failure})"
+        return RemoteEnvError(
+            f"{request}: {reason}{self._context()}", address=self.address, request=request
+        )
 
     def _mark_broken(self, why: str) -> None:
         if self._state is not RemoteEnvState.CLOSED:
@@ -246,9 +298,20 @@ class RemoteEnv:
 
     # --- connection ----------------------------------------------------------------------------
 
+    async def _open_frames(self) -> _Frames:
+        """Connect; a Unix socket skips anyio's stream layer, the bulk of a short round trip."""
+        if self.path is None:
+            return FrameStream(await self._open_stream(), self.max_frame_size)
+        sock = await connect_unix(self.path)
+        try:
+            if _on_asyncio():
+                return await AsyncioFrameStream.wrap(sock, self.max_frame_size)
+            return SocketFrameStream(sock, self.max_frame_size)
+        except BaseException:
+            sock.close()
+            raise
+
     async def _open_stream(self) -> ByteStream:
-        if self.path is not None:
-            return await anyio.connect_unix(self.path)
         assert self.port is not None
         if self.ssl_context is None:
             return await anyio.connect_tcp(self.host, self.port)
@@ -271,13 +334,13 @@ class RemoteEnv:
         if self._state is RemoteEnvState.CLOSED:
             raise self._unusable("connect")
         await self._drop_connection()
-        conn: FrameStream | None = None
+        conn: _Frames | None = None
         try:
             with (
                 self._failures("connect", self.connect_timeout),
                 anyio.fail_after(self.connect_timeout),
             ):
-                conn = FrameStream(await self._open_stream(), self.max_frame_size)
+                conn = await self._open_frames()
                 await conn.send(
                     {
                         "type": "hello",
@@ -306,6 +369,7 @@ class RemoteEnv:
         server = reply.get("server")
         self.server_name = server if isinstance(server, str) else None
         self._spaces = (observation_space, action_space)
+        self._step_frames.clear()  # framed for the previous server's limit
         self._conn = conn
         self._state = RemoteEnvState.CONNECTED
         self._failure = None
@@ -314,6 +378,22 @@ class RemoteEnv:
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.aclose_forcefully(conn)
+
+    def _pack(self, conn: _Frames, message: dict[str, Any]) -> bytes:
+        """Frame ``message``; a step with an integer action (a Discrete space) comes from a cache.
+
+        Equal integers of one type encode to the same bytes, and a Discrete space
+        has few actions: the cache spares the encoder on most steps.
+        """
+        if message["type"] != "step" or type(message["action"]) not in _INTEGER_TYPES:
+            return conn.pack(message)
+        key = (type(message["action"]), message["action"])
+        data = self._step_frames.get(key)
+        if data is None:
+            data = conn.pack(message)
+            if len(self._step_frames) < _STEP_FRAMES_MAX:
+                self._step_frames[key] = data
+        return data
 
     async def _request(self, request: str, message: dict[str, Any]) -> dict[str, Any]:
         """Send one request; return its reply, checked to have the fields its type needs."""
@@ -329,26 +409,32 @@ class RemoteEnv:
         conn = self._conn
         assert conn is not None
         try:
-            data = conn.pack(message)
+            data = self._pack(conn, message)
         except EncodeError as exc:
             # Nothing was sent: the session is intact.
             raise RemoteEnvError(
                 f"{request}: {exc}", address=self.address, request=request
             ) from exc
         self._busy = True
+        # The hot path of every step: a plain try, not context managers stacked on generators
+        # (``_failures``, ``fail_after``), and on asyncio a deadline without a cancel scope.
         try:
-            with (
-                self._failures(request, self.request_timeout),
-                anyio.fail_after(self.request_timeout),
-            ):
-                await conn.send_packed(data)
-                reply = await conn.receive()
-                kind = reply["type"]
-                if kind == request:
+            if isinstance(conn, AsyncioFrameStream):
+                reply = await conn.exchange(data, self.request_timeout)
+            else:
+                reply = await _exchange(conn, data, anyio.current_time() + self.request_timeout)
+            kind = reply["type"]
+            if kind == request:
+                if not (kind == "step" and _plain_step_reply(reply)):
                     for name, kinds in _REPLY_FIELDS[request]:
                         field(reply, name, kinds)
-                elif kind != "error":
-                    raise ProtocolError(f"expected a {request!r} reply; got {kind!r}")
+            elif kind != "error":
+                raise ProtocolError(f"expected a {request!r} reply; got {kind!r}")
+        except BaseException as exc:
+            failure = self._failure_of(request, self.request_timeout, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
             self._busy = False
         if kind == "error":
@@ -369,8 +455,10 @@ class RemoteEnv:
     async def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Take one step on the server."""
         reply = await self._request("step", {"type": "step", "action": action})
+        known = self._spaces  # a reply came: the handshake told them
+        assert known is not None
         return (
-            conform(reply["observation"], self.observation_space),
+            conform(reply["observation"], known[0]),
             float(reply["reward"]),
             reply["terminated"],
             reply["truncated"],

@@ -2,10 +2,11 @@
 
 ``env_factory(spec, offload="process")`` calls :func:`process_env_maker`. Each
 env it makes spawns ``python -m async_rollout.remote._child``, which builds
-the env from the spec (sent as JSON: the spec must be importable), serves it
-on a Unix socket in a private temporary directory, and exits when its stdin
-closes — which happens when the env is closed, and also when the parent
-dies, however it dies.
+the env from the spec (sent as JSON: the spec must be importable), wraps it
+in the gymnasium wrappers that come before any async one (sent the same
+way), serves it on a Unix socket in a private temporary directory, and exits
+when its stdin closes — which happens when the env is closed, and also when
+the parent dies, however it dies.
 
 Spaces before the first reset: the runner reads ``action_space`` before any
 ``await`` (to build a random policy), and a property cannot await. So the
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import anyio
@@ -69,7 +70,7 @@ def live_children() -> list[int]:
 # --- specs -------------------------------------------------------------------------------------
 
 
-def _dotted_path(fn: Any) -> str:
+def _dotted_path(fn: Any, what: str = "an env spec") -> str:
     """The dotted path that imports ``fn`` back, or a ValueError saying why there is none."""
     from .._instantiate import locate
 
@@ -77,7 +78,7 @@ def _dotted_path(fn: Any) -> str:
     qualname = getattr(fn, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
         raise ValueError(
-            f"offload='process' needs an env spec the child process can import: {fn!r} has no "
+            f"offload='process' needs {what} the child process can import: {fn!r} has no "
             "importable dotted path (a lambda, a local function, a partial?); define it at "
             "module level, or pass {'_target_': 'package.module.name', ...}"
         )
@@ -96,16 +97,9 @@ def _dotted_path(fn: Any) -> str:
     return path
 
 
-def spec_to_json(spec: Any) -> str:
-    """Encode an env spec for the child process, checking that it can be rebuilt there.
-
-    Raises:
-        TypeError: The spec is not a gymnasium id, a ``_target_`` mapping or a
-            callable, or a config value is not JSON.
-        ValueError: A callable (or ``_target_``) has no importable dotted path.
-    """
+def _spec_data(spec: Any) -> dict[str, Any]:
     if isinstance(spec, str):
-        return json.dumps({"id": spec})
+        return {"id": spec}
     spec = to_container(spec)
     if isinstance(spec, Mapping):
         if "_target_" not in spec:
@@ -113,44 +107,75 @@ def spec_to_json(spec: Any) -> str:
         config = dict(spec)
         target = config["_target_"]
         config["_target_"] = target if isinstance(target, str) else _dotted_path(target)
-        try:
-            return json.dumps({"config": config})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"offload='process' sends the env config to the child process as JSON, "
-                f"but {exc}; use plain numbers, strings, lists and mappings"
-            ) from exc
+        return {"config": config}
     if callable(spec) and not isinstance(spec, gym.Env):
-        return json.dumps({"callable": _dotted_path(spec)})
+        return {"callable": _dotted_path(spec)}
     raise TypeError(
         "offload='process' needs an env spec the child process can rebuild: a gymnasium id, "
         f"a _target_ mapping, or a module-level callable; got {type(spec).__name__}: {spec!r}"
     )
 
 
-def spec_from_json(text: str) -> Any:
-    """Inverse of :func:`spec_to_json`, in the child."""
+def spec_to_json(
+    spec: Any, wrappers: Sequence[tuple[Callable[..., Any], Mapping[str, Any]]] = ()
+) -> str:
+    """Encode an env spec for the child process, checking that it can be rebuilt there.
+
+    Args:
+        spec: The env spec.
+        wrappers: ``(wrapper, kwargs)`` pairs the child applies to the env it
+            makes, in order: the gymnasium wrappers.
+
+    Raises:
+        TypeError: The spec is not a gymnasium id, a ``_target_`` mapping or a
+            callable, or a config value is not JSON.
+        ValueError: A callable (or ``_target_``) has no importable dotted path.
+    """
+    data = _spec_data(spec)
+    if wrappers:
+        data["wrappers"] = [
+            {"target": _dotted_path(fn, "a wrapper"), "kwargs": dict(kwargs)}
+            for fn, kwargs in wrappers
+        ]
+    try:
+        return json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"offload='process' sends the env config to the child process as JSON, "
+            f"but {exc}; use plain numbers, strings, lists and mappings"
+        ) from exc
+
+
+def spec_from_json(text: str) -> tuple[Any, list[tuple[Callable[..., Any], dict[str, Any]]]]:
+    """Inverse of :func:`spec_to_json`, in the child: the spec, and the wrappers to apply."""
     from .._instantiate import locate
 
     data = json.loads(text)
+    wrappers = [(locate(w["target"]), w["kwargs"]) for w in data.get("wrappers", ())]
     if "id" in data:
-        return data["id"]
+        return data["id"], wrappers
     if "config" in data:
-        return data["config"]
-    return locate(data["callable"])
+        return data["config"], wrappers
+    return locate(data["callable"]), wrappers
 
 
-def process_env_maker(spec: Any) -> Callable[[int], RemoteEnv]:
+def process_env_maker(
+    spec: Any, wrappers: Sequence[tuple[Callable[..., Any], Mapping[str, Any]]] = ()
+) -> Callable[[int], RemoteEnv]:
     """Return ``make(worker_index)``, spawning one child process per env.
 
     Called by :func:`async_rollout.env_factory` with ``offload="process"``; the
     spec is checked here, so a spec the child cannot rebuild fails at once.
 
+    Args:
+        spec: The env spec.
+        wrappers: ``(wrapper, kwargs)`` pairs applied in the child, in order.
+
     Raises:
         TypeError: See :func:`spec_to_json`.
         ValueError: See :func:`spec_to_json`.
     """
-    payload = spec_to_json(spec)
+    payload = spec_to_json(spec, wrappers)
 
     def make(worker_index: int = 0) -> RemoteEnv:
         return ProcessEnv(payload, worker_index)

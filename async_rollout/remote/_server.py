@@ -27,6 +27,7 @@ from anyio.streams.tls import TLSStream
 from .._env import AsyncEnv, EnvFactory, env_factory
 from .._loop import close_env
 from .._version import __version__
+from ._sockets import BlockingFrames
 from ._spaces import conform, describe_space
 from ._watchdog import ClientGone, Watchdog
 from ._wire import (
@@ -165,14 +166,8 @@ class _Server:
                 "closing the connection from %s: no hello within %ss", peer, HANDSHAKE_TIMEOUT_S
             )
             raise _Refused("ProtocolError", f"no hello within {HANDSHAKE_TIMEOUT_S}s")
-        if hello["type"] != "hello":
-            raise ProtocolError(f"expected a 'hello' message first; got {hello['type']!r}")
-        version = field(hello, "version", int)
+        version, conn.peer_max_frame_size = check_hello(hello)
         token = hello.get("token")
-        peer_max = hello.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE)
-        if not isinstance(peer_max, int) or isinstance(peer_max, bool) or peer_max < 1024:
-            raise ProtocolError(f"bad max_frame_size {peer_max!r} in the hello")
-        conn.peer_max_frame_size = peer_max
         if self.sessions > self.max_connections:
             logger.warning(
                 "refused a client from %s: %d connections already", peer, self.max_connections
@@ -182,11 +177,7 @@ class _Server:
             )
         if version != PROTOCOL_VERSION:
             logger.warning("refused a client from %s: protocol version %s", peer, version)
-            raise _Refused(
-                "VersionError",
-                f"this server speaks protocol version {PROTOCOL_VERSION}; the client asked "
-                f"for {version}",
-            )
+            raise version_refusal(version)
         if self.token is not None and not (
             isinstance(token, str) and hmac.compare_digest(token.encode("utf-8"), self.token)
         ):
@@ -200,21 +191,9 @@ class _Server:
             logger.warning("making an env for %s failed", peer, exc_info=True)
             raise _Refused(type(exc).__name__, f"making the env failed: {exc}") from exc
         try:
-            welcome = {
-                "type": "welcome",
-                "version": PROTOCOL_VERSION,
-                "server": f"async-rollout/{__version__}",
-                "max_frame_size": self.max_frame_size,
-                "observation_space": describe_space(env.observation_space),
-                "action_space": describe_space(env.action_space),
-            }
-            await conn.send(welcome)
-        except BaseException as exc:
+            await conn.send_packed(pack_welcome(conn, env, self.max_frame_size))
+        except BaseException:
             await close_env(env)
-            if isinstance(exc, TypeError):
-                raise _Refused("UnsupportedSpace", str(exc)) from exc
-            if isinstance(exc, EncodeError):
-                raise _Refused("EncodeError", str(exc)) from exc
             raise
         logger.debug("session with %s started", peer)
         return env
@@ -286,13 +265,55 @@ class _Server:
             await conn.send(message)
 
 
-async def _reset(env: AsyncEnv, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
-    observation, info = await env.reset(seed=seed, options=options)
-    return {"type": "reset", "observation": observation, "info": info}
+def check_hello(hello: Mapping[str, Any]) -> tuple[int, int]:
+    """Check a hello's shape; return the client's protocol version and maximum frame size.
+
+    Raises:
+        ProtocolError: Not a hello, or a field is missing or wrong.
+    """
+    if hello["type"] != "hello":
+        raise ProtocolError(f"expected a 'hello' message first; got {hello['type']!r}")
+    version = field(hello, "version", int)
+    peer_max = hello.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE)
+    if not isinstance(peer_max, int) or isinstance(peer_max, bool) or peer_max < 1024:
+        raise ProtocolError(f"bad max_frame_size {peer_max!r} in the hello")
+    return version, peer_max
 
 
-async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
-    observation, reward, terminated, truncated, info = await env.step(action)
+def version_refusal(version: int) -> _Refused:
+    """The refusal of a client that speaks another protocol version."""
+    return _Refused(
+        "VersionError",
+        f"this server speaks protocol version {PROTOCOL_VERSION}; the client asked for {version}",
+    )
+
+
+def pack_welcome(conn: FrameStream | BlockingFrames, env: Any, max_frame_size: int) -> bytes:
+    """The framed welcome for ``env`` (any env with spaces), made with ``conn.pack``.
+
+    Raises:
+        _Refused: The env's spaces cannot be described, or the welcome encoded.
+    """
+    try:
+        return conn.pack(
+            {
+                "type": "welcome",
+                "version": PROTOCOL_VERSION,
+                "server": f"async-rollout/{__version__}",
+                "max_frame_size": max_frame_size,
+                "observation_space": describe_space(env.observation_space),
+                "action_space": describe_space(env.action_space),
+            }
+        )
+    except TypeError as exc:
+        raise _Refused("UnsupportedSpace", str(exc)) from exc
+    except EncodeError as exc:
+        raise _Refused("EncodeError", str(exc)) from exc
+
+
+def step_reply(result: Any) -> dict[str, Any]:
+    """The reply to a step, from what the env's ``step`` returned."""
+    observation, reward, terminated, truncated, info = result
     return {
         "type": "step",
         "observation": observation,
@@ -301,6 +322,15 @@ async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
         "truncated": bool(truncated),
         "info": info,
     }
+
+
+async def _reset(env: AsyncEnv, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
+    observation, info = await env.reset(seed=seed, options=options)
+    return {"type": "reset", "observation": observation, "info": info}
+
+
+async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
+    return step_reply(await env.step(action))
 
 
 async def _render(env: AsyncEnv) -> dict[str, Any]:

@@ -139,6 +139,11 @@ def _restore(desc: Any) -> gym.Space[Any]:
     raise ProtocolError(f"unknown space type {kind!r}")
 
 
+# Spaces whose samples arrive as they left: conform() returns them unchanged (checked first,
+# as it is on every step).
+_FLAT = frozenset({spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary})
+
+
 def conform(value: Any, space: gym.Space[Any]) -> Any:
     """Give a decoded value the container types of ``space``'s samples.
 
@@ -147,6 +152,8 @@ def conform(value: Any, space: gym.Space[Any]) -> Any:
     Values that do not match the space's structure are returned unchanged,
     for the env to judge.
     """
+    if type(space) in _FLAT:
+        return value
     if isinstance(space, spaces.Tuple):
         if isinstance(value, list | tuple) and len(value) == len(space.spaces):
             return tuple(conform(v, s) for v, s in zip(value, space.spaces, strict=True))

@@ -10,6 +10,7 @@ header (dtype, shape) followed by the raw bytes; nothing is ever pickled.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "decode",
     "encode",
     "frame",
+    "take_frame",
     "to_wire",
 ]
 
@@ -47,6 +49,7 @@ _DIM = struct.Struct(">Q")
 # fixed-width bytes and text, datetimes. Object and structured dtypes are not.
 _ARRAY_KINDS = frozenset("biufcSUmM")
 _MAX_NDIM = 64
+_SHAPES = [struct.Struct(f">{n}Q") for n in range(_MAX_NDIM + 1)]
 _INT_MIN = -(2**63)
 _INT_END = 2**64
 
@@ -77,11 +80,36 @@ def _as_repr(value: object) -> str:
     return repr(value)
 
 
+# Payload headers (dtype and shape) by (dtype, shape), and dtypes by their wire string: a
+# step sends and receives arrays of the same few kinds, so each is described or parsed once.
+# Bounded: a peer choosing dtypes and shapes must not grow them without end.
+_CACHE_LIMIT = 1024
+_headers: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes | None] = {}
+_dtypes: dict[bytes, np.dtype[Any]] = {}
+
+
+def _array_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes | None:
+    """The payload's header for an array of ``dtype`` and ``shape``; None if not sendable."""
+    key = (dtype, shape)
+    try:
+        return _headers[key]
+    except KeyError:
+        pass
+    header = None
+    if dtype.kind in _ARRAY_KINDS and dtype.fields is None:
+        typestr = dtype.str.encode("ascii")
+        dims = b"".join(_DIM.pack(d) for d in shape)
+        header = b"".join((bytes((len(typestr),)), typestr, bytes((len(shape),)), dims))
+    if len(_headers) >= _CACHE_LIMIT:
+        _headers.clear()
+    _headers[key] = header
+    return header
+
+
 def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
-    typestr = array.dtype.str.encode("ascii")
-    dims = b"".join(_DIM.pack(d) for d in array.shape)
-    data: bytes = array.tobytes()
-    return b"".join((bytes((len(typestr),)), typestr, bytes((array.ndim,)), dims, data))
+    header = _array_header(array.dtype, array.shape)
+    assert header is not None
+    return header + array.tobytes()
 
 
 def _key(key: object) -> Any:
@@ -105,22 +133,29 @@ def to_wire(value: Any) -> Any:
     one logged warning per type.
     """
     kind = type(value)
-    if kind is np.ndarray:
-        if value.dtype.kind in _ARRAY_KINDS and value.dtype.fields is None:
-            return msgpack.ExtType(EXT_NDARRAY, _array_payload(value))
-        return _as_repr(value)
     if kind is str or kind is float or kind is bool or value is None or kind is bytes:
         return value
+    if kind is np.ndarray:
+        header = _array_header(value.dtype, value.shape)
+        if header is None:
+            return _as_repr(value)
+        return msgpack.ExtType(EXT_NDARRAY, header + value.tobytes())
     if kind is int:
         return value if _INT_MIN <= value < _INT_END else _as_repr(value)
-    if kind is dict or isinstance(value, Mapping):
-        return {_key(k): to_wire(v) for k, v in value.items()}
-    if kind is list or kind is tuple or isinstance(value, list | tuple):
+    if kind is dict:
+        return {k if type(k) is str else _key(k): to_wire(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
         return [to_wire(v) for v in value]
     if isinstance(value, np.generic):
-        if value.dtype.kind in _ARRAY_KINDS and value.dtype.fields is None:
-            return msgpack.ExtType(EXT_SCALAR, _array_payload(np.asarray(value)))
-        return _as_repr(value)
+        header = _array_header(value.dtype, ())
+        if header is None:
+            return _as_repr(value)
+        return msgpack.ExtType(EXT_SCALAR, header + np.asarray(value).tobytes())
+    # The exact types are done: now subclasses and other kinds of containers.
+    if isinstance(value, Mapping):
+        return {k if type(k) is str else _key(k): to_wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_wire(v) for v in value]
     if isinstance(value, np.ndarray):  # a subclass (masked, matrix): send the plain array
         return to_wire(np.asarray(value))
     if isinstance(value, bool | int):
@@ -134,38 +169,48 @@ def to_wire(value: Any) -> Any:
     return _as_repr(value)
 
 
-def _parse_array(data: bytes) -> np.ndarray[Any, Any]:
-    view = memoryview(data)
-    if len(view) < 2:
-        raise ProtocolError("array payload too short")
-    typelen = view[0]
-    pos = 1 + typelen
-    if len(view) < pos + 1:
-        raise ProtocolError("array payload too short for its dtype")
+def _dtype_of(typestr: bytes) -> np.dtype[Any]:
+    """The dtype a payload names, checked to be one the protocol allows."""
+    dtype = _dtypes.get(typestr)
+    if dtype is not None:
+        return dtype
     try:
-        dtype = np.dtype(bytes(view[1:pos]).decode("ascii"))
+        dtype = np.dtype(typestr.decode("ascii"))
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"bad array dtype: {exc}") from None
     if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise ProtocolError(f"array dtype {dtype.str!r} is not allowed")
-    ndim = view[pos]
+    if len(_dtypes) >= _CACHE_LIMIT:
+        _dtypes.clear()
+    _dtypes[typestr] = dtype
+    return dtype
+
+
+def _parse_array(data: bytes) -> np.ndarray[Any, Any]:
+    size = len(data)
+    if size < 2:
+        raise ProtocolError("array payload too short")
+    pos = 1 + data[0]
+    if size < pos + 1:
+        raise ProtocolError("array payload too short for its dtype")
+    dtype = _dtype_of(data[1:pos])
+    ndim = data[pos]
     pos += 1
-    if ndim > _MAX_NDIM or len(view) < pos + ndim * _DIM.size:
+    if ndim > _MAX_NDIM or size < pos + ndim * _DIM.size:
         raise ProtocolError(f"bad array shape header (ndim={ndim})")
-    shape = tuple(_DIM.unpack_from(view, pos + i * _DIM.size)[0] for i in range(ndim))
+    shape: tuple[int, ...] = _SHAPES[ndim].unpack_from(data, pos)
     pos += ndim * _DIM.size
-    count = 1
-    for dim in shape:
-        count *= dim
-    if count * dtype.itemsize != len(view) - pos:
+    count = math.prod(shape)
+    if count * dtype.itemsize != size - pos:
         raise ProtocolError(
             f"array of shape {shape} and dtype {dtype.str} needs {count * dtype.itemsize} "
-            f"bytes; got {len(view) - pos}"
+            f"bytes; got {size - pos}"
         )
     if count == 0:
         return np.empty(shape, dtype)
     # A copy: frombuffer would give a read-only view of the frame.
-    return np.frombuffer(view[pos:], dtype=dtype).reshape(shape).copy()
+    array = np.frombuffer(data, dtype, count, pos).copy()
+    return array if ndim == 1 else array.reshape(shape)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -228,6 +273,28 @@ def frame(payload: bytes, max_size: int) -> bytes:
     if len(payload) > max_size:
         raise EncodeError(f"a frame of {len(payload)} bytes exceeds the peer's limit of {max_size}")
     return _HEADER.pack(len(payload)) + payload
+
+
+def take_frame(buffer: bytearray, limit: int) -> bytes | None:
+    """Remove the first whole frame from ``buffer`` and return its payload; None if incomplete.
+
+    Raises:
+        ProtocolError: The frame's prefix announces an empty frame, or one
+            larger than ``limit`` (known from the prefix alone).
+    """
+    if len(buffer) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack_from(buffer)
+    if size == 0:
+        raise ProtocolError("empty frame")
+    if size > limit:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {limit}")
+    end = _HEADER.size + size
+    if len(buffer) < end:
+        return None
+    payload = bytes(buffer[_HEADER.size : end])
+    del buffer[:end]
+    return payload
 
 
 class FrameStream(AsyncResource):
