@@ -284,17 +284,22 @@ def take_frame(buffer: bytearray, limit: int) -> bytes | None:
     """
     if len(buffer) < _HEADER.size:
         return None
-    (size,) = _HEADER.unpack_from(buffer)
-    if size == 0:
-        raise ProtocolError("empty frame")
-    if size > limit:
-        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {limit}")
-    end = _HEADER.size + size
+    end = _HEADER.size + _announced_size(buffer, limit)
     if len(buffer) < end:
         return None
     payload = bytes(buffer[_HEADER.size : end])
     del buffer[:end]
     return payload
+
+
+def _announced_size(buffer: bytearray, limit: int) -> int:
+    """The payload size a complete header at the start of ``buffer`` announces, checked."""
+    (size,) = _HEADER.unpack_from(buffer)
+    if size == 0:
+        raise ProtocolError("empty frame")
+    if size > limit:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {limit}")
+    return int(size)
 
 
 class FrameStream(AsyncResource):
@@ -345,12 +350,7 @@ class FrameStream(AsyncResource):
         buffer = self._buffer
         while len(buffer) < _HEADER.size:
             await self._fill(buffer, 65536)
-        (size,) = _HEADER.unpack_from(buffer)
-        if size == 0:
-            raise ProtocolError("empty frame")
-        if size > limit:
-            raise ProtocolError(f"frame of {size} bytes exceeds the limit of {limit}")
-        end = _HEADER.size + size
+        end = _HEADER.size + _announced_size(buffer, limit)
         while len(buffer) < end:
             await self._fill(buffer, max(end - len(buffer), 65536))
         payload = bytes(buffer[_HEADER.size : end])
