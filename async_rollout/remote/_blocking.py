@@ -34,12 +34,15 @@ from ._server import (
     _Refused,
     check_hello,
     pack_welcome,
+    render_of,
+    reset_arguments,
+    reset_reply,
+    step_action,
     step_reply,
     version_refusal,
 )
 from ._sockets import BlockingFrames, Stopped
-from ._spaces import conform
-from ._wire import DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION, EncodeError, ProtocolError, field
+from ._wire import DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION, EncodeError, ProtocolError
 
 __all__ = ["serve_blocking"]
 
@@ -142,18 +145,13 @@ class _Session:
         kind = request["type"]
         call: Callable[[], dict[str, Any]]
         if kind == "step":
-            if "action" not in request:
-                raise ProtocolError("the 'step' message lacks its 'action' field")
-            action = conform(request["action"], env.action_space)
+            action = step_action(request, env.action_space)
             call = lambda: step_reply(env.step(action))  # noqa: E731
         elif kind == "reset":
-            seed = field(request, "seed", (int, type(None))) if "seed" in request else None
-            options = request.get("options")
-            if options is not None and not isinstance(options, dict):
-                raise ProtocolError("field 'options' of 'reset' must be a map or nil")
-            call = lambda: _reset_reply(env.reset(seed=seed, options=options))  # noqa: E731
+            seed, options = reset_arguments(request)
+            call = lambda: reset_reply(env.reset(seed=seed, options=options))  # noqa: E731
         elif kind == "render":
-            call = lambda: {"type": "render", "frame": _render(env)}  # noqa: E731
+            call = lambda: {"type": "render", "frame": render_of(env)}  # noqa: E731
         elif kind == "close":
             self.env = None
             try:
@@ -191,15 +189,3 @@ class _Session:
         with suppress(OSError, EncodeError):
             self.frames.sock.settimeout(1.0)
             self.frames.send(message)
-
-
-def _reset_reply(result: Any) -> dict[str, Any]:
-    observation, info = result
-    return {"type": "reset", "observation": observation, "info": info}
-
-
-def _render(env: Any) -> Any:
-    render = getattr(env, "render", None)
-    if render is None:
-        raise AttributeError(f"{type(env).__name__} has no render()")
-    return render()

@@ -220,15 +220,9 @@ class _Server:
         kind = request["type"]
         call: Callable[[], Awaitable[dict[str, Any]]]
         if kind == "step":
-            if "action" not in request:
-                raise ProtocolError("the 'step' message lacks its 'action' field")
-            call = partial(_step, env, conform(request["action"], env.action_space))
+            call = partial(_step, env, step_action(request, env.action_space))
         elif kind == "reset":
-            seed = field(request, "seed", (int, type(None))) if "seed" in request else None
-            options = request.get("options")
-            if options is not None and not isinstance(options, dict):
-                raise ProtocolError("field 'options' of 'reset' must be a map or nil")
-            call = partial(_reset, env, seed, options)
+            call = partial(_reset, env, *reset_arguments(request))
         elif kind == "render":
             call = partial(_render, env)
         elif kind == "close":
@@ -311,6 +305,36 @@ def pack_welcome(conn: FrameStream | BlockingFrames, env: Any, max_frame_size: i
         raise _Refused("EncodeError", str(exc)) from exc
 
 
+def step_action(request: dict[str, Any], action_space: Any) -> Any:
+    """The action of a ``step`` request, conformed to ``action_space``."""
+    if "action" not in request:
+        raise ProtocolError("the 'step' message lacks its 'action' field")
+    return conform(request["action"], action_space)
+
+
+def reset_arguments(request: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
+    """The ``(seed, options)`` of a ``reset`` request, checked."""
+    seed = field(request, "seed", (int, type(None))) if "seed" in request else None
+    options = request.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ProtocolError("field 'options' of 'reset' must be a map or nil")
+    return seed, options
+
+
+def reset_reply(result: Any) -> dict[str, Any]:
+    """The reply to a reset, from what the env's ``reset`` returned."""
+    observation, info = result
+    return {"type": "reset", "observation": observation, "info": info}
+
+
+def render_of(env: Any) -> Any:
+    """The env's ``render()`` result (maybe awaitable); AttributeError without one."""
+    render = getattr(env, "render", None)
+    if render is None:
+        raise AttributeError(f"{type(env).__name__} has no render()")
+    return render()
+
+
 def step_reply(result: Any) -> dict[str, Any]:
     """The reply to a step, from what the env's ``step`` returned."""
     observation, reward, terminated, truncated, info = result
@@ -325,8 +349,7 @@ def step_reply(result: Any) -> dict[str, Any]:
 
 
 async def _reset(env: AsyncEnv, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
-    observation, info = await env.reset(seed=seed, options=options)
-    return {"type": "reset", "observation": observation, "info": info}
+    return reset_reply(await env.reset(seed=seed, options=options))
 
 
 async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
@@ -334,10 +357,7 @@ async def _step(env: AsyncEnv, action: Any) -> dict[str, Any]:
 
 
 async def _render(env: AsyncEnv) -> dict[str, Any]:
-    render = getattr(env, "render", None)
-    if render is None:
-        raise AttributeError(f"{type(env).__name__} has no render()")
-    frame = render()
+    frame = render_of(env)
     if inspect.isawaitable(frame):
         frame = await frame
     return {"type": "render", "frame": frame}
