@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import AsyncResource
 
-from ._wire import DEFAULT_MAX_FRAME_SIZE, decode, encode, frame, take_frame
+from ._wire import DEFAULT_MAX_FRAME_SIZE, FramePacker, decode, take_frame
 
 __all__ = ["AsyncioFrameStream"]
 
@@ -95,7 +95,7 @@ class _FrameProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
 
-class AsyncioFrameStream(AsyncResource):
+class AsyncioFrameStream(FramePacker, AsyncResource):
     """The frame stream interface over an asyncio transport (asyncio only).
 
     Make one with :meth:`wrap`.
@@ -131,10 +131,6 @@ class AsyncioFrameStream(AsyncResource):
         else:
             transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
         return cls(transport, protocol, max_frame_size)
-
-    def pack(self, message: Mapping[str, Any]) -> bytes:
-        """Encode and frame ``message`` without sending it."""
-        return frame(encode(message), self.peer_max_frame_size)
 
     async def send(self, message: Mapping[str, Any]) -> None:
         """Send one message."""

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 from anyio.abc import AsyncResource
 
-from ._wire import DEFAULT_MAX_FRAME_SIZE, decode, encode, frame, take_frame
+from ._wire import DEFAULT_MAX_FRAME_SIZE, FramePacker, decode, take_frame
 
 __all__ = ["BlockingFrames", "SocketFrameStream", "Stopped", "connect_unix"]
 
@@ -62,7 +62,7 @@ async def connect_unix(path: str) -> socket.socket:
         raise
 
 
-class SocketFrameStream(AsyncResource):
+class SocketFrameStream(FramePacker, AsyncResource):
     """The :class:`~._wire.FrameStream` interface over a connected non-blocking socket.
 
     Args:
@@ -82,10 +82,6 @@ class SocketFrameStream(AsyncResource):
         self.max_frame_size = max_frame_size
         self.peer_max_frame_size = peer_max_frame_size
         self._buffer = bytearray()
-
-    def pack(self, message: Mapping[str, Any]) -> bytes:
-        """Encode and frame ``message`` without sending it."""
-        return frame(encode(message), self.peer_max_frame_size)
 
     async def send(self, message: Mapping[str, Any]) -> None:
         """Send one message."""
@@ -133,7 +129,7 @@ class Stopped(Exception):
     """The stop descriptor reached its end of file: the server must end."""
 
 
-class BlockingFrames:
+class BlockingFrames(FramePacker):
     """Frames over a blocking socket, for a server without an event loop.
 
     ``receive`` also watches ``stop_fd`` (the child's stdin): at its end of
@@ -157,10 +153,6 @@ class BlockingFrames:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self._poll.register(stop_fd, select.POLLIN)
-
-    def pack(self, message: Mapping[str, Any]) -> bytes:
-        """Encode and frame ``message`` without sending it."""
-        return frame(encode(message), self.peer_max_frame_size)
 
     def send_packed(self, data: bytes) -> None:
         """Send a frame made by :meth:`pack`."""

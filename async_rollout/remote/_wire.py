@@ -302,7 +302,18 @@ def _announced_size(buffer: bytearray, limit: int) -> int:
     return int(size)
 
 
-class FrameStream(AsyncResource):
+class FramePacker:
+    """What every end of a frame stream shares: a message encoded and framed for its peer."""
+
+    peer_max_frame_size: int
+    """The largest frame the peer accepts (learnt in the handshake)."""
+
+    def pack(self, message: Mapping[str, Any]) -> bytes:
+        """Encode and frame ``message`` without sending it (so failures leave the stream intact)."""
+        return frame(encode(message), self.peer_max_frame_size)
+
+
+class FrameStream(FramePacker, AsyncResource):
     """Messages over a byte stream: one frame per message, in both directions.
 
     Args:
@@ -322,10 +333,6 @@ class FrameStream(AsyncResource):
         self.max_frame_size = max_frame_size
         self.peer_max_frame_size = peer_max_frame_size
         self._buffer = bytearray()
-
-    def pack(self, message: Mapping[str, Any]) -> bytes:
-        """Encode and frame ``message`` without sending it (so failures leave the stream intact)."""
-        return frame(encode(message), self.peer_max_frame_size)
 
     async def send(self, message: Mapping[str, Any]) -> None:
         """Send one message."""
