@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 from ._policy import EpisodeContext
@@ -91,21 +90,6 @@ class Sink:
         return None
 
 
-_FIELDS = [f for f in fields(EpisodeResult) if f.init]
-_VALUES = attrgetter(*(f.name for f in _FIELDS))
-_TRAJECTORY = [f.name for f in _FIELDS].index("trajectory")
-_POSITIONAL = not any(f.kw_only for f in _FIELDS)
-
-
-def _without_trajectory(result: EpisodeResult) -> EpisodeResult:
-    """``replace(result, trajectory=None)``, at half the cost for a plain EpisodeResult."""
-    if _POSITIONAL and type(result) is EpisodeResult:
-        values = list(_VALUES(result))
-        values[_TRAJECTORY] = None
-        return EpisodeResult(*values)
-    return replace(result, trajectory=None)
-
-
 class StatsSink(Sink):
     """Keeps every episode result in memory and summarizes them on demand.
 
@@ -122,7 +106,7 @@ class StatsSink(Sink):
     def on_episode_end(self, result: EpisodeResult) -> None:
         """Keep ``result``."""
         if not self.keep_trajectories and result.trajectory is not None:
-            result = _without_trajectory(result)
+            result = replace(result, trajectory=None)
         self.episodes.append(result)
 
     def summary(self, wall_time_s: float) -> dict[str, Any]:
