@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -35,6 +35,9 @@ import anyio.to_thread
 import numpy as np
 
 from .errors import PolicyError
+
+if TYPE_CHECKING:
+    from ._batching_trio import TaskEvent
 
 __all__ = ["BatchFn", "BatchedPolicy", "BatchingStatistics"]
 
@@ -165,12 +168,14 @@ def _expire(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _new_event() -> _FutureEvent | anyio.Event:
-    """An event for the running backend: the lean one on asyncio, anyio's elsewhere."""
+def _new_event() -> _FutureEvent | TaskEvent:
+    """A lean one-shot event for the running backend (asyncio or Trio)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no asyncio loop in this thread: Trio
-        return anyio.Event()
+        from ._batching_trio import TaskEvent
+
+        return TaskEvent()
     return _FutureEvent()
 
 
@@ -451,12 +456,7 @@ class BatchedPolicy:
             raise
 
     async def _lead(self, batch: _Batch, index: int) -> Any:
-        wake = batch.wake
-        if type(wake) is _FutureEvent:
-            await wake.wait_until(batch.deadline)
-        else:
-            with anyio.CancelScope(deadline=batch.deadline):
-                await wake.wait()
+        await batch.wake.wait_until(batch.deadline)
         if not batch.started:
             return await self._run(batch, index)
         while not batch.finished:
