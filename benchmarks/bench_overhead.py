@@ -158,10 +158,11 @@ def _timing_rows(settings: Settings, section: Section) -> None:
                     met,
                     ""
                     if met is not False
-                    else f"cause: per-episode state the collector walks ({gc_us['runner']:.2f} vs "
-                    f"{gc_us['anyio']:.2f} us/step in the collector; "
-                    f"{(r - gc_us['runner']) / (a - gc_us['anyio']):.2f}x without it) and "
-                    "per-episode bookkeeping (PROFILE.md)",
+                    else f"cause: the runner's own work per step and per episode, {r - a:.2f} "
+                    f"us/step more, {gc_us['runner'] - gc_us['anyio']:.2f} of it in the garbage "
+                    "collector, which walks every live episode's state "
+                    f"({(r - gc_us['runner']) / (a - gc_us['anyio']):.2f}x without it; "
+                    "PROFILE.md has the breakdown)",
                 )
             )
             if "asyncio" in got:
@@ -223,8 +224,10 @@ def run(settings: Settings) -> Section:
         "single-threaded and CPU-bound, and CPU time is what other load on this shared "
         "machine disturbs least (wall time swung +-50% between repetitions here). The bare "
         "asyncio loop sets sniffio's context variable as anyio.run does, so the env's anyio "
-        "checkpoint costs the same in every loop. Peak RSS: a fresh subprocess per "
-        "repetition running 10,000 episodes of 2 steps at concurrency 10,000; peak = VmHWM of "
+        "checkpoint costs the same in every loop. 'garbage collector': CPU us/step spent inside "
+        "the collector's passes (timed with gc.callbacks; included in the total). Peak RSS: a "
+        "fresh subprocess per repetition running 10,000 episodes of 2 steps at concurrency "
+        "10,000; peak = VmHWM of "
         "/proc/self/status (getrusage's ru_maxrss is not clean in a child: Linux carries the "
         "forking parent's peak over exec), 'before the run' = after imports and after making "
         "the 10,000 NullEnvs."
