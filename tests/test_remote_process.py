@@ -87,6 +87,21 @@ async def test_process_offload_gives_the_same_episodes_as_inline() -> None:
     await wait_gone(sorted(spy.pids), limit=1.0)
 
 
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_process_offload_on_uvloop() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: the client must not care."""
+    pytest.importorskip("uvloop")
+    spec = {"_target_": SCRIPTED, "episode_length": 4}
+    with anyio.fail_after(40):
+        inline = await RolloutRunner(3, concurrency=2, record_trajectory=True).run_with(spec)
+        offloaded = await RolloutRunner(3, concurrency=2, record_trajectory=True).run_with(
+            env_factory(spec, offload="process")
+        )
+    assert [episode_key(ep) for ep in offloaded.episodes] == [
+        episode_key(ep) for ep in inline.episodes
+    ]
+
+
 async def test_module_level_callable_and_worker_index() -> None:
     factory = env_factory(ScriptedEnv, offload="process")
     env = factory(worker_index=3)

@@ -21,7 +21,7 @@ import asyncio
 import math
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import AsyncResource
@@ -52,8 +52,9 @@ class _FrameProtocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream connection's transport; not an isinstance check: uvloop's
+        # transports have the methods without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
