@@ -33,6 +33,8 @@ from ._server import (
     _error,
     _Refused,
     check_hello,
+    env_failure,
+    pack_reply,
     pack_welcome,
     render_of,
     reset_arguments,
@@ -167,13 +169,8 @@ class _Session:
         try:
             reply = call()
         except Exception as exc:
-            logger.info("the env raised on %r: %s: %s", kind, type(exc).__name__, exc)
-            reply = _error(type(exc).__name__, str(exc), fatal=False)
-        try:
-            data = frames.pack(reply)
-        except EncodeError as exc:
-            data = frames.pack(_error("EncodeError", str(exc), fatal=False))
-        frames.send_packed(data)
+            reply = env_failure(kind, exc)
+        frames.send_packed(pack_reply(frames, reply))
         return True
 
     def _close_env(self) -> None:

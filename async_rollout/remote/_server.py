@@ -243,13 +243,8 @@ class _Server:
         except ClientGone:
             raise
         except Exception as exc:
-            logger.info("the env raised on %r: %s: %s", kind, type(exc).__name__, exc)
-            reply = _error(type(exc).__name__, str(exc), fatal=False)
-        try:
-            data = conn.pack(reply)
-        except EncodeError as exc:
-            data = conn.pack(_error("EncodeError", str(exc), fatal=False))
-        await conn.send_packed(data)
+            reply = env_failure(kind, exc)
+        await conn.send_packed(pack_reply(conn, reply))
         return True
 
     @staticmethod
@@ -333,6 +328,20 @@ def render_of(env: Any) -> Any:
     if render is None:
         raise AttributeError(f"{type(env).__name__} has no render()")
     return render()
+
+
+def env_failure(kind: str, exc: Exception) -> dict[str, Any]:
+    """The reply to a request the env raised on: a non-fatal error; the session goes on."""
+    logger.info("the env raised on %r: %s: %s", kind, type(exc).__name__, exc)
+    return _error(type(exc).__name__, str(exc), fatal=False)
+
+
+def pack_reply(conn: FrameStream | BlockingFrames, reply: Mapping[str, Any]) -> bytes:
+    """``reply`` framed; a reply that cannot be encoded becomes a non-fatal EncodeError."""
+    try:
+        return conn.pack(reply)
+    except EncodeError as exc:
+        return conn.pack(_error("EncodeError", str(exc), fatal=False))
 
 
 def step_reply(result: Any) -> dict[str, Any]:
