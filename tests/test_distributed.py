@@ -526,6 +526,30 @@ async def test_worker_keeps_its_loop_running_while_fed_in_small_chunks() -> None
     assert not tracker.open
 
 
+async def _error_of_recording_worker(
+    shared: SharedDir, *, n_episodes: int, concurrency: int
+) -> BaseException:
+    """Run a worker that records into ``shared`` until it stops; return the error it shipped."""
+    job = Job(
+        make_env=env_factory(partial(ScriptedEnv, 3)),
+        agent=None,
+        settings=LoopSettings(record_trajectory=True),
+        concurrency=concurrency,
+        n_workers=1,
+        forward_events=False,
+        shared=shared,
+    )
+    core = WorkerCore(job, rank=0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(core.run)
+        episodes = [_Episode(i, i, i) for i in range(n_episodes)]
+        reply = await core.poll(episodes, accept_work=False)
+        while not reply.done:
+            reply = await core.poll(accept_work=False)
+    assert reply.error is not None
+    return reply.error.restore()
+
+
 @pytest.mark.anyio
 async def test_worker_refuses_a_shared_folder_it_cannot_see(tmp_path: Path) -> None:
     """A worker reports a folder that is missing there, or not the driver's, naming the path."""
@@ -537,23 +561,7 @@ async def test_worker_refuses_a_shared_folder_it_cannot_see(tmp_path: Path) -> N
         (SharedDir(str(tmp_path / "trajectories"), "x.tmp"), "not shared between the nodes"),
     ]
     for shared, problem in cases:
-        job = Job(
-            make_env=env_factory(partial(ScriptedEnv, 3)),
-            agent=None,
-            settings=LoopSettings(record_trajectory=True),
-            concurrency=2,
-            n_workers=1,
-            forward_events=False,
-            shared=shared,
-        )
-        core = WorkerCore(job, rank=0)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(core.run)
-            reply = await core.poll([_Episode(0, 0, 0)], accept_work=False)
-            while not reply.done:
-                reply = await core.poll(accept_work=False)
-        assert reply.error is not None
-        error = reply.error.restore()
+        error = await _error_of_recording_worker(shared, n_episodes=1, concurrency=2)
         assert isinstance(error, ConfigError)
         assert problem in str(error)
         assert repr(shared.folder) in str(error)
@@ -564,25 +572,10 @@ async def test_worker_refuses_a_shared_folder_it_cannot_see(tmp_path: Path) -> N
 async def test_worker_write_failure_names_the_file(tmp_path: Path) -> None:
     """A trajectory file a worker cannot write stops its loop, naming the episode and the path."""
     (tmp_path / "trajectories").mkdir()
-    job = Job(
-        make_env=env_factory(partial(ScriptedEnv, 3)),
-        agent=None,
-        settings=LoopSettings(record_trajectory=True),
-        concurrency=1,
-        n_workers=1,
-        forward_events=False,
-        shared=open_shared_dir(tmp_path),
-    )
-    core = WorkerCore(job, rank=0)
+    shared = open_shared_dir(tmp_path)
     # A directory where the file should go: the rename onto it fails.
     (tmp_path / "trajectories" / "episode_000000.npz").mkdir()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(core.run)
-        reply = await core.poll([_Episode(0, 0, 0), _Episode(1, 1, 1)], accept_work=False)
-        while not reply.done:
-            reply = await core.poll(accept_work=False)
-    assert reply.error is not None
-    error = reply.error.restore()
+    error = await _error_of_recording_worker(shared, n_episodes=2, concurrency=1)
     assert isinstance(error, OSError)
     notes = " ".join(error.__notes__)
     assert "writing the trajectory of episode 0 to" in notes
