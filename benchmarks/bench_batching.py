@@ -33,7 +33,6 @@ from typing import Any
 
 import anyio
 import numpy as np
-import sniffio
 
 from async_rollout import BatchedPolicy, RolloutRunner
 
@@ -97,7 +96,11 @@ class FloorBatcher:
         self.observations: list[Any] = []
         self.rngs: list[np.random.Generator] = []
         self.waiters: list[Any] = []
-        self.asyncio = sniffio.current_async_library() == "asyncio"
+        try:
+            asyncio.get_running_loop()
+            self.asyncio = True
+        except RuntimeError:  # Trio
+            self.asyncio = False
         if not self.asyncio:
             import outcome
             import trio.lowlevel
